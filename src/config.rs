@@ -1,0 +1,556 @@
+//! Configuration read once at cold start and validated as a whole: every problem is
+//! collected so one failed start shows the user everything to fix.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use url::Url;
+
+/// Default wait for Dify to connect and send its response head.
+pub const DEFAULT_DIFY_TIMEOUT_SECS: u64 = 30;
+/// Lambda function URLs accept at most 6 MB of request payload; match that locally.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 6 * 1024 * 1024;
+/// Dify `user` sent when the client identifies no end user.
+pub const DEFAULT_USER: &str = "opendify";
+
+/// A secret string (Dify app key, proxy key). `Debug`/`Display` show only a masked tail,
+/// so a stray `{:?}` can never put a key in a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The real value, for the one place that needs it (an outgoing header, a comparison).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// `app-…3f9a`: the prefix before the first `-` and the last four characters, and only
+    /// when the secret is long enough that the tail reveals little.
+    pub fn masked(&self) -> String {
+        let chars: Vec<char> = self.0.chars().collect();
+        let prefix: String = match self.0.find('-') {
+            Some(i) if i <= 8 => self.0[..=i].to_string(),
+            _ => String::new(),
+        };
+        if chars.len() >= 16 {
+            let tail: String = chars[chars.len() - 4..].iter().collect();
+            format!("{prefix}…{tail}")
+        } else {
+            format!("{prefix}…")
+        }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+/// One model the proxy offers: the Dify app behind it.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub app_key: Secret,
+}
+
+/// How clients authenticate to the proxy.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// `Authorization: Bearer <one of these>` is required on every route.
+    Keys(Vec<Secret>),
+    /// Explicitly opted out with `ALLOW_UNAUTHENTICATED=true`.
+    Disabled,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Dify service API base, always ending in `/` so relative joins keep its path.
+    pub dify_api_base: Url,
+    pub models: BTreeMap<String, ModelConfig>,
+    pub auth: Auth,
+    pub dify_timeout: Duration,
+    pub max_request_bytes: usize,
+    pub server_host: String,
+    pub server_port: u16,
+}
+
+/// Every configuration problem found, in the order the variables are documented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "configuration is invalid ({} problem{}):",
+            self.0.len(),
+            if self.0.len() == 1 { "" } else { "s" }
+        )?;
+        for problem in &self.0 {
+            writeln!(f, "  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigErrors> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Builds the configuration from any variable source (the environment in production,
+    /// a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
+        let mut problems = Vec::new();
+        // Blank values count as unset: `FOO=` in an env file is a common slip.
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+
+        let dify_api_base = match get("DIFY_API_BASE") {
+            None => {
+                problems.push(
+                    "DIFY_API_BASE is not set: give the Dify service API URL, e.g. https://api.dify.ai/v1"
+                        .to_string(),
+                );
+                None
+            }
+            Some(raw) => parse_base_url(raw.trim())
+                .map_err(|p| problems.push(p))
+                .ok(),
+        };
+
+        let models = match get("MODEL_CONFIG") {
+            None => {
+                problems.push(
+                    r#"MODEL_CONFIG is not set: give a JSON object of model name to Dify app key, e.g. {"my-model":"app-..."}"#
+                        .to_string(),
+                );
+                BTreeMap::new()
+            }
+            Some(raw) => parse_models(&raw, &mut problems),
+        };
+
+        let allow_unauthenticated = match get("ALLOW_UNAUTHENTICATED") {
+            None => false,
+            Some(raw) => parse_bool(&raw).unwrap_or_else(|| {
+                problems.push(format!(
+                    "ALLOW_UNAUTHENTICATED is {:?}: use true or false",
+                    raw.trim()
+                ));
+                false
+            }),
+        };
+        let auth = match get("PROXY_API_KEYS") {
+            Some(raw) => {
+                let keys: Vec<Secret> = raw
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(Secret::new)
+                    .collect();
+                if keys.is_empty() {
+                    problems.push(
+                        "PROXY_API_KEYS is set but holds no key (it is split at commas)"
+                            .to_string(),
+                    );
+                }
+                for (i, key) in keys.iter().enumerate() {
+                    if key.expose().chars().any(char::is_whitespace) {
+                        problems.push(format!(
+                            "PROXY_API_KEYS entry {} ({}) contains whitespace, which no client can send in a Bearer token",
+                            i + 1,
+                            key.masked()
+                        ));
+                    }
+                }
+                Auth::Keys(keys)
+            }
+            None if allow_unauthenticated => Auth::Disabled,
+            None => {
+                problems.push(
+                    "PROXY_API_KEYS is not set: give the comma-separated keys clients must send as `Authorization: Bearer <key>`, or set ALLOW_UNAUTHENTICATED=true to serve without keys"
+                        .to_string(),
+                );
+                Auth::Disabled
+            }
+        };
+
+        let dify_timeout = match get("DIFY_TIMEOUT_SECONDS") {
+            None => Duration::from_secs(DEFAULT_DIFY_TIMEOUT_SECS),
+            Some(raw) => match raw.trim().parse::<u64>() {
+                Ok(secs) if (1..=900).contains(&secs) => Duration::from_secs(secs),
+                _ => {
+                    problems.push(format!(
+                        "DIFY_TIMEOUT_SECONDS is {:?}: use a whole number of seconds from 1 to 900",
+                        raw.trim()
+                    ));
+                    Duration::from_secs(DEFAULT_DIFY_TIMEOUT_SECS)
+                }
+            },
+        };
+
+        let max_request_bytes = match get("MAX_REQUEST_BYTES") {
+            None => DEFAULT_MAX_REQUEST_BYTES,
+            Some(raw) => match raw.trim().parse::<usize>() {
+                Ok(n) if n >= 1024 => n,
+                _ => {
+                    problems.push(format!(
+                        "MAX_REQUEST_BYTES is {:?}: use a whole number of bytes, at least 1024",
+                        raw.trim()
+                    ));
+                    DEFAULT_MAX_REQUEST_BYTES
+                }
+            },
+        };
+
+        let server_host =
+            get("SERVER_HOST").map_or_else(|| "127.0.0.1".to_string(), |h| h.trim().to_string());
+        let server_port = match get("SERVER_PORT") {
+            None => 5000,
+            Some(raw) => raw.trim().parse::<u16>().unwrap_or_else(|_| {
+                problems.push(format!(
+                    "SERVER_PORT is {:?}: use a port number from 0 to 65535",
+                    raw.trim()
+                ));
+                5000
+            }),
+        };
+
+        match dify_api_base {
+            Some(dify_api_base) if problems.is_empty() => Ok(Config {
+                dify_api_base,
+                models,
+                auth,
+                dify_timeout,
+                max_request_bytes,
+                server_host,
+                server_port,
+            }),
+            _ => Err(ConfigErrors(problems)),
+        }
+    }
+
+    /// The one-line startup summary: names only, never keys.
+    pub fn summary(&self) -> String {
+        let names: Vec<&str> = self.models.keys().map(String::as_str).collect();
+        let auth = match &self.auth {
+            Auth::Keys(keys) => format!("{} proxy key(s) required", keys.len()),
+            Auth::Disabled => "UNAUTHENTICATED (ALLOW_UNAUTHENTICATED=true)".to_string(),
+        };
+        format!(
+            "models loaded: {}; Dify base: {}; auth: {}",
+            names.join(", "),
+            self.dify_api_base,
+            auth
+        )
+    }
+}
+
+fn parse_base_url(raw: &str) -> Result<Url, String> {
+    let mut url = Url::parse(raw).map_err(|e| {
+        format!("DIFY_API_BASE is {raw:?}, which is not a URL ({e}); expected e.g. https://api.dify.ai/v1")
+    })?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(format!(
+            "DIFY_API_BASE is {raw:?}: the scheme must be http or https"
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("DIFY_API_BASE is {raw:?}: it has no host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "DIFY_API_BASE is {raw:?}: remove the query string or fragment"
+        ));
+    }
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
+}
+
+fn parse_models(raw: &str, problems: &mut Vec<String>) -> BTreeMap<String, ModelConfig> {
+    let mut models = BTreeMap::new();
+    let value: serde_json::Value = match serde_json::from_str(raw) {
+        Ok(v) => v,
+        Err(e) => {
+            problems.push(format!(
+                "MODEL_CONFIG is not valid JSON: {} at line {}, column {}",
+                json_error_text(&e),
+                e.line(),
+                e.column()
+            ));
+            return models;
+        }
+    };
+    let Some(object) = value.as_object() else {
+        problems.push(format!(
+            "MODEL_CONFIG must be a JSON object of model name to Dify app key, but it is {}",
+            json_kind(&value)
+        ));
+        return models;
+    };
+    if object.is_empty() {
+        problems.push(
+            "MODEL_CONFIG has no models: add at least one \"name\": \"app-...\" entry".to_string(),
+        );
+    }
+    for (name, entry) in object {
+        if name.trim().is_empty() {
+            problems.push("MODEL_CONFIG has a model with an empty name".to_string());
+            continue;
+        }
+        let key = match entry {
+            serde_json::Value::String(key) => Some(key.clone()),
+            serde_json::Value::Object(fields) => {
+                for field in fields.keys().filter(|k| k.as_str() != "key") {
+                    problems.push(format!(
+                        "MODEL_CONFIG model {name:?} has an unknown field {field:?} (known: key)"
+                    ));
+                }
+                match fields.get("key") {
+                    Some(serde_json::Value::String(key)) => Some(key.clone()),
+                    Some(other) => {
+                        problems.push(format!(
+                            "MODEL_CONFIG model {name:?}: \"key\" must be a string, but it is {}",
+                            json_kind(other)
+                        ));
+                        None
+                    }
+                    None => {
+                        problems.push(format!(
+                            "MODEL_CONFIG model {name:?} has no \"key\" (the Dify app key)"
+                        ));
+                        None
+                    }
+                }
+            }
+            other => {
+                problems.push(format!(
+                    "MODEL_CONFIG model {name:?}: the app key must be a string, but it is {}",
+                    json_kind(other)
+                ));
+                None
+            }
+        };
+        let Some(key) = key else { continue };
+        let key = key.trim().to_string();
+        if key.is_empty() {
+            problems.push(format!("MODEL_CONFIG model {name:?} has an empty app key"));
+            continue;
+        }
+        let secret = Secret::new(key);
+        if !looks_like_app_key(secret.expose()) {
+            problems.push(format!(
+                "MODEL_CONFIG model {name:?}: the key {} does not look like a Dify app key (app-...); copy it from the app's API Access page",
+                secret.masked()
+            ));
+            continue;
+        }
+        models.insert(name.clone(), ModelConfig { app_key: secret });
+    }
+    models
+}
+
+fn looks_like_app_key(key: &str) -> bool {
+    key.len() > "app-".len() && key.starts_with("app-") && key.chars().all(|c| c.is_ascii_graphic())
+}
+
+/// serde_json's message without its trailing " at line L column C" (we print both ourselves).
+fn json_error_text(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+fn parse_bool(raw: &str) -> Option<bool> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const KEY: &str = "app-0123456789abcdef3f9a";
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    fn valid() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("DIFY_API_BASE", "https://api.dify.ai/v1"),
+            (
+                "MODEL_CONFIG",
+                r#"{"claude":"app-0123456789abcdef3f9a","gpt":{"key":"app-zzzzzzzzzzzzzzzz1111"}}"#,
+            ),
+            ("PROXY_API_KEYS", "sk-one, sk-two"),
+        ]
+    }
+
+    #[test]
+    fn valid_config_parses_with_defaults() {
+        let c = config(&valid()).unwrap();
+        assert_eq!(c.dify_api_base.as_str(), "https://api.dify.ai/v1/");
+        assert_eq!(c.models.keys().collect::<Vec<_>>(), ["claude", "gpt"]);
+        assert_eq!(c.models["gpt"].app_key.expose(), "app-zzzzzzzzzzzzzzzz1111");
+        assert!(matches!(&c.auth, Auth::Keys(k) if k.len() == 2 && k[1].expose() == "sk-two"));
+        assert_eq!(c.dify_timeout, Duration::from_secs(30));
+        assert_eq!((c.server_host.as_str(), c.server_port), ("127.0.0.1", 5000));
+    }
+
+    #[test]
+    fn trailing_slash_is_kept_once() {
+        let mut vars = valid();
+        vars[0].1 = "http://dify.local:8080/v1/";
+        assert_eq!(
+            config(&vars).unwrap().dify_api_base.as_str(),
+            "http://dify.local:8080/v1/"
+        );
+    }
+
+    #[test]
+    fn every_problem_is_listed_at_once() {
+        let errs = config(&[
+            ("DIFY_API_BASE", "not a url"),
+            (
+                "MODEL_CONFIG",
+                r#"{"a": 5, "b": "", "c": "sk-wrong", "d": {"key": "app-ok-but-extra1", "x": 1}}"#,
+            ),
+            ("DIFY_TIMEOUT_SECONDS", "soon"),
+            ("SERVER_PORT", "70000"),
+        ])
+        .unwrap_err();
+        let text = errs.to_string();
+        for needle in [
+            "DIFY_API_BASE is \"not a url\"",
+            "model \"a\": the app key must be a string, but it is a number",
+            "model \"b\" has an empty app key",
+            "model \"c\": the key sk-… does not look like a Dify app key",
+            "model \"d\" has an unknown field \"x\"",
+            "PROXY_API_KEYS is not set",
+            "DIFY_TIMEOUT_SECONDS is \"soon\"",
+            "SERVER_PORT is \"70000\"",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        assert_eq!(errs.0.len(), 8, "{text}");
+    }
+
+    #[test]
+    fn invalid_json_reports_position() {
+        let mut vars = valid();
+        vars[1].1 = "{\"a\": \"app-x\",\n \"b\" }";
+        let text = config(&vars).unwrap_err().to_string();
+        assert!(
+            text.contains("MODEL_CONFIG is not valid JSON: expected `:` at line 2, column 6"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn missing_everything_is_three_problems() {
+        let errs = config(&[]).unwrap_err();
+        assert_eq!(errs.0.len(), 3, "{errs}");
+    }
+
+    #[test]
+    fn empty_model_object_is_rejected() {
+        let mut vars = valid();
+        vars[1].1 = "{}";
+        assert!(
+            config(&vars)
+                .unwrap_err()
+                .to_string()
+                .contains("MODEL_CONFIG has no models")
+        );
+        vars[1].1 = "[]";
+        assert!(
+            config(&vars)
+                .unwrap_err()
+                .to_string()
+                .contains("but it is an array")
+        );
+    }
+
+    #[test]
+    fn explicit_opt_out_allows_no_keys() {
+        let mut vars = valid();
+        vars.remove(2);
+        assert!(config(&vars).is_err());
+        vars.push(("ALLOW_UNAUTHENTICATED", "true"));
+        assert!(matches!(config(&vars).unwrap().auth, Auth::Disabled));
+        let last = vars.len() - 1;
+        vars[last].1 = "maybe";
+        assert!(
+            config(&vars)
+                .unwrap_err()
+                .to_string()
+                .contains("ALLOW_UNAUTHENTICATED is \"maybe\"")
+        );
+    }
+
+    #[test]
+    fn secrets_never_print_in_full() {
+        let errs = config(&[
+            ("DIFY_API_BASE", "https://x/v1"),
+            ("MODEL_CONFIG", r#"{"m":"sk-secretsecretsecret9999"}"#),
+            ("PROXY_API_KEYS", "bad key with spaces"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(!errs.contains("secretsecret"), "{errs}");
+        assert!(errs.contains("sk-…9999"), "{errs}");
+        assert!(!errs.contains("bad key with spaces"), "{errs}");
+
+        let c = config(&valid()).unwrap();
+        let debug = format!("{c:?} {}", c.summary());
+        assert!(!debug.contains(KEY) && !debug.contains("sk-one"), "{debug}");
+        assert!(debug.contains("app-…3f9a"), "{debug}");
+    }
+
+    #[test]
+    fn summary_names_models_base_and_auth() {
+        let s = config(&valid()).unwrap().summary();
+        assert_eq!(
+            s,
+            "models loaded: claude, gpt; Dify base: https://api.dify.ai/v1/; auth: 2 proxy key(s) required"
+        );
+    }
+}

@@ -1,0 +1,240 @@
+//! HTTP client for Dify's service API: start a streaming chat message, read its events,
+//! stop its task.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use url::Url;
+
+use super::sse::{DecodeError, EventDecoder};
+use super::types::{ChatMessageRequest, DifyEvent, ErrorResponse};
+
+/// How much of an error body we read: enough for any Dify error, bounded for HTML pages.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Everything that can go wrong talking to Dify. Mapped to client-facing errors in one
+/// place, `crate::error`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DifyError {
+    #[error("could not reach Dify: {0}")]
+    Unreachable(String),
+    #[error("Dify did not start answering within {} s", .0.as_secs())]
+    Timeout(Duration),
+    /// A non-2xx answer before the stream started. `code` is Dify's error code, or empty
+    /// when the body was not Dify's JSON (a gateway page).
+    #[error("Dify answered HTTP {status} ({code}): {message}")]
+    Http {
+        status: u16,
+        code: String,
+        message: String,
+        retry_after: Option<String>,
+    },
+    /// An `error` event inside a stream.
+    #[error("Dify reported an error ({code}): {message}")]
+    Event {
+        code: String,
+        status: Option<u16>,
+        message: String,
+    },
+    /// The stream broke: transport failure, undecodable frame, or end before the answer.
+    #[error("{0}")]
+    Stream(String),
+}
+
+#[derive(Clone)]
+pub struct DifyClient {
+    http: reqwest::Client,
+    base: Url,
+    timeout: Duration,
+}
+
+impl DifyClient {
+    /// `base` must end with `/` (config guarantees it) so joins keep its path.
+    pub fn new(base: Url, timeout: Duration) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(timeout)
+            // Idle keep-alive connections outlive a warm Lambda's pause; a short idle
+            // timeout avoids reusing a socket the server has already closed.
+            .pool_idle_timeout(Duration::from_secs(50))
+            .user_agent(concat!("opendify/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            http,
+            base,
+            timeout,
+        })
+    }
+
+    pub fn base(&self) -> &Url {
+        &self.base
+    }
+
+    /// Starts `POST /chat-messages` in streaming mode. Returns once Dify has sent its
+    /// response head (bounded by the configured timeout); the stream itself has no limit.
+    pub async fn chat_stream(
+        &self,
+        app_key: &str,
+        request: &ChatMessageRequest,
+    ) -> Result<EventStream, DifyError> {
+        let url = self.url("chat-messages")?;
+        let send = self
+            .http
+            .post(url)
+            .bearer_auth(app_key)
+            .json(request)
+            .send();
+        let response = match tokio::time::timeout(self.timeout, send).await {
+            Err(_) => return Err(DifyError::Timeout(self.timeout)),
+            Ok(Err(e)) if e.is_timeout() => return Err(DifyError::Timeout(self.timeout)),
+            Ok(Err(e)) => return Err(DifyError::Unreachable(error_chain(&e))),
+            Ok(Ok(r)) => r,
+        };
+        let status = response.status();
+        if !status.is_success() {
+            return Err(self.http_error(response).await);
+        }
+        Ok(EventStream {
+            body: Box::pin(response.bytes_stream()),
+            decoder: EventDecoder::new(),
+            done: false,
+        })
+    }
+
+    /// `POST /chat-messages/{task_id}/stop`. Dify always answers success; failures here
+    /// are only logged, since the client is already gone.
+    pub async fn stop(&self, app_key: &str, task_id: &str, user: &str) {
+        let url = match self.url(&format!("chat-messages/{task_id}/stop")) {
+            Ok(u) => u,
+            Err(_) => return,
+        };
+        let call = self
+            .http
+            .post(url)
+            .bearer_auth(app_key)
+            .json(&serde_json::json!({ "user": user }))
+            .send();
+        match tokio::time::timeout(STOP_TIMEOUT, call).await {
+            Ok(Ok(r)) if r.status().is_success() => {
+                tracing::info!(task_id, "stopped the Dify task")
+            }
+            Ok(Ok(r)) => tracing::warn!(
+                task_id,
+                status = r.status().as_u16(),
+                "Dify refused to stop the task"
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(task_id, error = %error_chain(&e), "could not stop the Dify task")
+            }
+            Err(_) => tracing::warn!(task_id, "stopping the Dify task timed out"),
+        }
+    }
+
+    fn url(&self, path: &str) -> Result<Url, DifyError> {
+        self.base
+            .join(path)
+            .map_err(|e| DifyError::Unreachable(format!("bad Dify URL for {path}: {e}")))
+    }
+
+    async fn http_error(&self, response: reqwest::Response) -> DifyError {
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = tokio::time::timeout(self.timeout, read_limited(response, MAX_ERROR_BODY))
+            .await
+            .unwrap_or_default();
+        match serde_json::from_slice::<ErrorResponse>(&body) {
+            Ok(e) if !e.code.is_empty() => DifyError::Http {
+                status,
+                code: e.code,
+                message: e.message,
+                retry_after,
+            },
+            _ => DifyError::Http {
+                status,
+                code: String::new(),
+                message: format!("HTTP {status} without a Dify error body"),
+                retry_after,
+            },
+        }
+    }
+}
+
+async fn read_limited(response: reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(Ok(chunk)) = stream.next().await {
+        let room = limit - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= limit {
+            break;
+        }
+    }
+    body
+}
+
+/// reqwest's top-level message hides the cause ("error sending request"); the chain names it.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// The events of one streaming answer, decoded as they arrive.
+pub struct EventStream {
+    body: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    decoder: EventDecoder,
+    done: bool,
+}
+
+impl EventStream {
+    /// Waits for the next network read and decodes every event it completes into `out`.
+    /// Returns false once the stream is over (end of body, or an error pushed last).
+    /// Cancel-safe: dropping the future loses no bytes.
+    pub async fn next_batch(&mut self, out: &mut Vec<Result<DifyEvent, DifyError>>) -> bool {
+        if self.done {
+            return false;
+        }
+        let mut decoded = Vec::new();
+        match self.body.next().await {
+            Some(Ok(bytes)) => self.decoder.push(&bytes, &mut decoded),
+            Some(Err(e)) => {
+                self.done = true;
+                out.push(Err(DifyError::Stream(format!(
+                    "the connection to Dify broke mid-answer: {}",
+                    error_chain(&e)
+                ))));
+                return false;
+            }
+            None => {
+                self.done = true;
+                self.decoder.finish(&mut decoded);
+            }
+        }
+        for item in decoded {
+            match item {
+                Ok(event) => out.push(Ok(event)),
+                Err(e) => {
+                    self.done = true;
+                    out.push(Err(decode_error(e)));
+                    break;
+                }
+            }
+        }
+        !self.done
+    }
+}
+
+fn decode_error(e: DecodeError) -> DifyError {
+    DifyError::Stream(e.to_string())
+}

@@ -1,0 +1,296 @@
+//! Dify request and event types (see shared reference dify-api.md §2, §3, §8).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// `POST /chat-messages` body. We always stream upstream: agent apps reject blocking mode
+/// and long blocking calls hit gateway timeouts.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatMessageRequest {
+    pub query: String,
+    pub inputs: Map<String, Value>,
+    pub response_mode: &'static str,
+    pub user: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<String>,
+}
+
+/// Body of any non-2xx Dify response.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ErrorResponse {
+    #[serde(default)]
+    pub code: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+    #[serde(default)]
+    pub total_tokens: u64,
+}
+
+/// One decoded stream frame: the event plus the ids any frame may carry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DifyEvent {
+    pub task_id: Option<String>,
+    pub conversation_id: Option<String>,
+    pub event: Event,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// `event: ping` keep-alive (no data line).
+    Ping,
+    /// Answer text from chat, chatflow and completion apps (and agent apps' annotation replies).
+    Message {
+        answer: String,
+    },
+    /// The agent answer channel.
+    AgentMessage {
+        answer: String,
+    },
+    /// Workflow `text_chunk`.
+    TextChunk {
+        text: String,
+    },
+    /// A tool file; old builds also send text chunks as `message_file` with an `answer`.
+    MessageFile {
+        kind: Option<String>,
+        url: Option<String>,
+        answer: Option<String>,
+    },
+    /// Output moderation: the whole answer so far is replaced.
+    MessageReplace {
+        answer: String,
+    },
+    MessageEnd {
+        usage: Option<Usage>,
+    },
+    WorkflowFinished {
+        status: Option<String>,
+        error: Option<String>,
+    },
+    Error {
+        code: String,
+        status: Option<u16>,
+        message: String,
+    },
+    /// Any other event (thoughts, node and workflow progress, tts, future events): no output.
+    Other {
+        name: String,
+    },
+}
+
+/// Why a data frame could not be read as an event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Dify sent an unreadable event: {0}")]
+pub struct EventParseError(pub String);
+
+/// The fields we read from a data frame. Everything is optional so that unknown and
+/// future events pass; only the fields of events we act on are checked.
+#[derive(Deserialize)]
+struct Wire {
+    event: String,
+    #[serde(default)]
+    task_id: Option<String>,
+    #[serde(default)]
+    conversation_id: Option<String>,
+    #[serde(default)]
+    answer: Option<String>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    metadata: Option<Metadata>,
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    status: Option<u16>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    data: Option<WireData>,
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+#[derive(Deserialize)]
+struct WireData {
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// Only the name, for frames whose other fields did not fit [`Wire`].
+#[derive(Deserialize)]
+struct NameOnly {
+    event: String,
+}
+
+const ACTED_ON: &[&str] = &[
+    "message",
+    "agent_message",
+    "text_chunk",
+    "message_file",
+    "message_replace",
+    "message_end",
+    "workflow_finished",
+    "error",
+];
+
+impl DifyEvent {
+    /// Parses the JSON of one `data:` line.
+    pub fn parse(data: &str) -> Result<Self, EventParseError> {
+        let wire: Wire = match serde_json::from_str(data) {
+            Ok(w) => w,
+            Err(full) => {
+                // An event we ignore anyway may carry fields of other types (new Dify
+                // versions): let it pass instead of failing the answer.
+                return match serde_json::from_str::<NameOnly>(data) {
+                    Ok(n) if !ACTED_ON.contains(&n.event.as_str()) => Ok(DifyEvent {
+                        task_id: None,
+                        conversation_id: None,
+                        event: Event::Other { name: n.event },
+                    }),
+                    Ok(n) => Err(EventParseError(format!("`{}` event: {full}", n.event))),
+                    Err(_) => Err(EventParseError(full.to_string())),
+                };
+            }
+        };
+        let missing =
+            |field: &str| EventParseError(format!("`{}` event without `{field}`", wire.event));
+        let event = match wire.event.as_str() {
+            "message" => Event::Message {
+                answer: wire.answer.ok_or_else(|| missing("answer"))?,
+            },
+            "agent_message" => Event::AgentMessage {
+                answer: wire.answer.ok_or_else(|| missing("answer"))?,
+            },
+            "text_chunk" => Event::TextChunk {
+                text: wire.data.and_then(|d| d.text).unwrap_or_default(),
+            },
+            "message_file" => Event::MessageFile {
+                kind: wire.kind,
+                url: wire.url,
+                answer: wire.answer,
+            },
+            "message_replace" => Event::MessageReplace {
+                answer: wire.answer.ok_or_else(|| missing("answer"))?,
+            },
+            "message_end" => Event::MessageEnd {
+                usage: wire.metadata.and_then(|m| m.usage),
+            },
+            "workflow_finished" => {
+                let data = wire.data;
+                Event::WorkflowFinished {
+                    status: data.as_ref().and_then(|d| d.status.clone()),
+                    error: data.and_then(|d| d.error),
+                }
+            }
+            "error" => Event::Error {
+                code: wire
+                    .code
+                    .unwrap_or_else(|| "internal_server_error".to_string()),
+                status: wire.status,
+                message: wire.message.unwrap_or_default(),
+            },
+            _ => Event::Other { name: wire.event },
+        };
+        Ok(DifyEvent {
+            task_id: wire.task_id,
+            conversation_id: wire.conversation_id,
+            event,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_message_with_ids() {
+        let e = DifyEvent::parse(
+            r#"{"event":"message","conversation_id":"c","message_id":"m","created_at":1,"task_id":"t","id":"m","answer":"Hi","from_variable_selector":null}"#,
+        )
+        .unwrap();
+        assert_eq!(e.task_id.as_deref(), Some("t"));
+        assert_eq!(e.conversation_id.as_deref(), Some("c"));
+        assert_eq!(
+            e.event,
+            Event::Message {
+                answer: "Hi".into()
+            }
+        );
+    }
+
+    #[test]
+    fn error_event_has_no_task_id() {
+        let e = DifyEvent::parse(
+            r#"{"event":"error","code":"invalid_param","status":400,"message":"Run failed"}"#,
+        )
+        .unwrap();
+        assert_eq!(e.task_id, None);
+        assert_eq!(
+            e.event,
+            Event::Error {
+                code: "invalid_param".into(),
+                status: Some(400),
+                message: "Run failed".into()
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_event_with_odd_fields_is_ignored_not_fatal() {
+        let e = DifyEvent::parse(
+            r#"{"event":"human_input_form_x","status":"paused","message":{"a":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            e.event,
+            Event::Other {
+                name: "human_input_form_x".into()
+            }
+        );
+    }
+
+    #[test]
+    fn known_event_with_wrong_types_is_an_error() {
+        assert!(DifyEvent::parse(r#"{"event":"message","answer":5}"#).is_err());
+        assert!(DifyEvent::parse(r#"{"event":"message"}"#).is_err());
+        assert!(DifyEvent::parse("not json").is_err());
+        assert!(DifyEvent::parse(r#"{"no_event":1}"#).is_err());
+    }
+
+    #[test]
+    fn message_end_usage_ignores_price_strings() {
+        let e = DifyEvent::parse(
+            r#"{"event":"message_end","task_id":"t","metadata":{"usage":{"prompt_tokens":3,"prompt_price":"0.1","completion_tokens":4,"total_tokens":7,"latency":0.5,"time_to_first_token":null}},"files":null}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            e.event,
+            Event::MessageEnd {
+                usage: Some(Usage {
+                    prompt_tokens: 3,
+                    completion_tokens: 4,
+                    total_tokens: 7
+                })
+            }
+        );
+    }
+}

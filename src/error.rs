@@ -1,0 +1,454 @@
+//! Every error a client can see, and the one table that maps each to an HTTP status and an
+//! OpenAI-shaped body. Used both for error responses and for in-stream error events.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::dify::DifyError;
+use crate::openai::{ErrorBody, ErrorObject};
+
+/// Errors of the HTTP boundary.
+#[derive(Debug, Clone)]
+pub enum ApiError {
+    BadRequest {
+        message: String,
+        param: Option<String>,
+    },
+    ModelNotFound {
+        model: String,
+        available: Vec<String>,
+    },
+    Unauthorized,
+    NotFound {
+        path: String,
+    },
+    MethodNotAllowed {
+        method: String,
+        path: String,
+    },
+    PayloadTooLarge {
+        limit: usize,
+    },
+    Dify {
+        model: String,
+        error: DifyError,
+    },
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>, param: Option<String>) -> Self {
+        ApiError::BadRequest {
+            message: message.into(),
+            param,
+        }
+    }
+}
+
+/// What a client receives for an error: status, body, and the retry hints the OpenAI SDKs
+/// read (`x-should-retry`, `retry-after`).
+#[derive(Debug, Clone)]
+pub struct ClientError {
+    pub status: StatusCode,
+    pub body: ErrorBody,
+    /// `Some(false)` when a retry would replay work Dify already did or cannot succeed.
+    pub should_retry: Option<bool>,
+    pub retry_after: Option<String>,
+}
+
+impl ClientError {
+    fn new(status: StatusCode, kind: &str, code: Option<&str>, message: String) -> Self {
+        Self {
+            status,
+            body: ErrorBody {
+                error: ErrorObject {
+                    message,
+                    kind: kind.to_string(),
+                    param: None,
+                    code: code.map(str::to_string),
+                },
+            },
+            should_retry: None,
+            retry_after: None,
+        }
+    }
+
+    fn no_retry(mut self) -> Self {
+        self.should_retry = Some(false);
+        self
+    }
+}
+
+impl From<&ApiError> for ClientError {
+    fn from(e: &ApiError) -> Self {
+        match e {
+            ApiError::BadRequest { message, param } => {
+                let mut c = ClientError::new(StatusCode::BAD_REQUEST, "invalid_request_error", None, message.clone());
+                c.body.error.param = param.clone();
+                c
+            }
+            ApiError::ModelNotFound { model, available } => {
+                let mut c = ClientError::new(
+                    StatusCode::NOT_FOUND,
+                    "invalid_request_error",
+                    Some("model_not_found"),
+                    format!(
+                        "The model `{model}` does not exist. Available models: {}.",
+                        if available.is_empty() { "none".to_string() } else { available.join(", ") }
+                    ),
+                );
+                c.body.error.param = Some("model".to_string());
+                c
+            }
+            ApiError::Unauthorized => ClientError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                Some("invalid_api_key"),
+                "Incorrect or missing API key. Send one of the proxy's keys as `Authorization: Bearer <key>`."
+                    .to_string(),
+            ),
+            ApiError::NotFound { path } => ClientError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                Some("unknown_url"),
+                format!("Unknown path {path}. This server offers GET /v1/models and POST /v1/chat/completions."),
+            ),
+            ApiError::MethodNotAllowed { method, path } => ClientError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request_error",
+                Some("method_not_allowed"),
+                format!("{method} is not allowed on {path}."),
+            ),
+            ApiError::PayloadTooLarge { limit } => ClientError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                Some("request_too_large"),
+                format!("The request body is larger than the limit of {limit} bytes."),
+            ),
+            ApiError::Dify { model, error } => from_dify(model, error, false),
+        }
+    }
+}
+
+/// Maps a Dify failure to what the client sees. `started` is true once Dify had begun the
+/// run (an in-stream error): retrying would replay it, so the SDKs are told not to.
+pub fn from_dify(model: &str, error: &DifyError, started: bool) -> ClientError {
+    let c = match error {
+        DifyError::Unreachable(_) => ClientError::new(
+            StatusCode::BAD_GATEWAY,
+            "server_error",
+            Some("dify_unreachable"),
+            "The Dify service could not be reached. Try again later.".to_string(),
+        ),
+        DifyError::Timeout(t) => ClientError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "server_error",
+            Some("dify_timeout"),
+            format!("Dify did not start answering within {} s.", t.as_secs()),
+        ),
+        DifyError::Http {
+            status,
+            code,
+            message,
+            retry_after,
+        } => {
+            let mut c = from_dify_code(model, Some(*status), code, message);
+            if c.status == StatusCode::TOO_MANY_REQUESTS && c.should_retry != Some(false) {
+                c.retry_after = retry_after.clone();
+            }
+            c
+        }
+        DifyError::Event {
+            code,
+            status,
+            message,
+        } => from_dify_code(model, *status, code, message),
+        DifyError::Stream(message) => ClientError::new(
+            StatusCode::BAD_GATEWAY,
+            "server_error",
+            Some("dify_stream_error"),
+            format!("The answer from Dify was interrupted: {message}."),
+        ),
+    };
+    if started { c.no_retry() } else { c }
+}
+
+fn from_dify_code(model: &str, status: Option<u16>, code: &str, message: &str) -> ClientError {
+    use StatusCode as S;
+    let quoted = if message.is_empty() {
+        String::new()
+    } else {
+        format!(" Dify says: {message}")
+    };
+    match (status, code) {
+        (_, "unauthorized") => ClientError::new(
+            S::BAD_GATEWAY,
+            "server_error",
+            Some("dify_app_key_rejected"),
+            format!(
+                "Dify rejected the app key configured for model `{model}`.{quoted} The proxy's MODEL_CONFIG needs a valid key for this app; your own API key is fine."
+            ),
+        )
+        .no_retry(),
+        (_, "forbidden") => ClientError::new(
+            S::BAD_GATEWAY,
+            "server_error",
+            Some("dify_app_unavailable"),
+            format!("The Dify app behind model `{model}` is not available.{quoted}"),
+        )
+        .no_retry(),
+        (_, "not_chat_app" | "app_unavailable" | "not_workflow_app") => ClientError::new(
+            S::BAD_GATEWAY,
+            "server_error",
+            Some("dify_app_mode_unsupported"),
+            format!(
+                "Model `{model}` points to a Dify app that cannot answer chat messages (use a Chatbot, Agent or Chatflow app).{quoted}"
+            ),
+        )
+        .no_retry(),
+        (_, "provider_quota_exceeded" | "rate_limit_error") => ClientError::new(
+            S::TOO_MANY_REQUESTS,
+            "insufficient_quota",
+            Some("insufficient_quota"),
+            format!("The Dify app behind model `{model}` has run out of quota.{quoted}"),
+        )
+        .no_retry(),
+        (_, "too_many_requests") => ClientError::new(
+            S::TOO_MANY_REQUESTS,
+            "rate_limit_exceeded",
+            Some("rate_limit_exceeded"),
+            format!("The Dify app behind model `{model}` is busy.{quoted}"),
+        ),
+        (_, "provider_not_initialize" | "model_currently_not_support") => ClientError::new(
+            S::BAD_GATEWAY,
+            "server_error",
+            Some("dify_model_unavailable"),
+            format!("The model provider of the Dify app behind `{model}` is not set up.{quoted}"),
+        )
+        .no_retry(),
+        (_, "completion_request_error") => ClientError::new(
+            S::BAD_GATEWAY,
+            "server_error",
+            Some("dify_model_error"),
+            format!("The model behind the Dify app `{model}` failed.{quoted}"),
+        ),
+        (_, "not_found") if message.contains("Conversation") => ClientError::new(
+            S::NOT_FOUND,
+            "invalid_request_error",
+            Some("conversation_not_found"),
+            format!("Dify no longer has this conversation.{quoted}"),
+        ),
+        (Some(404), _) => ClientError::new(
+            S::BAD_GATEWAY,
+            "server_error",
+            Some("dify_endpoint_not_found"),
+            "Dify answered 404 for /chat-messages: check DIFY_API_BASE (it usually ends in /v1).".to_string(),
+        )
+        .no_retry(),
+        (_, "invalid_param") if message.starts_with("Run failed") => ClientError::new(
+            S::BAD_GATEWAY,
+            "server_error",
+            Some("dify_workflow_failed"),
+            format!("The Dify chatflow behind model `{model}` failed.{quoted}"),
+        ),
+        (_, "invalid_param" | "conversation_completed") => ClientError::new(
+            S::BAD_REQUEST,
+            "invalid_request_error",
+            Some(code),
+            format!("Dify rejected the request.{quoted}"),
+        ),
+        (Some(413), _) => ClientError::new(
+            S::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            Some(if code.is_empty() { "request_too_large" } else { code }),
+            format!("Dify rejected the request as too large.{quoted}"),
+        ),
+        (_, "") => ClientError::new(
+            S::BAD_GATEWAY,
+            "server_error",
+            Some("dify_bad_gateway"),
+            format!(
+                "Dify answered HTTP {} with a body that is not a Dify API error: check DIFY_API_BASE and any gateway in front of Dify.",
+                status.map_or_else(|| "error".to_string(), |s| s.to_string())
+            ),
+        ),
+        (Some(400..=499), _) => ClientError::new(
+            S::BAD_GATEWAY,
+            "server_error",
+            Some("dify_rejected_request"),
+            format!("Dify rejected the request ({code}).{quoted}"),
+        ),
+        _ => ClientError::new(
+            S::BAD_GATEWAY,
+            "server_error",
+            Some("dify_server_error"),
+            format!("Dify failed to answer ({code}).{quoted}"),
+        ),
+    }
+}
+
+impl IntoResponse for ClientError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(self.body)).into_response();
+        let headers = response.headers_mut();
+        if let Some(retry) = self.should_retry {
+            headers.insert(
+                "x-should-retry",
+                HeaderValue::from_static(if retry { "true" } else { "false" }),
+            );
+        }
+        if let Some(value) = self
+            .retry_after
+            .and_then(|v| HeaderValue::from_str(&v).ok())
+        {
+            headers.insert(header::RETRY_AFTER, value);
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        ClientError::from(&self).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn http(status: u16, code: &str, message: &str) -> DifyError {
+        DifyError::Http {
+            status,
+            code: code.into(),
+            message: message.into(),
+            retry_after: Some("3".into()),
+        }
+    }
+
+    /// The README's error table, checked row by row.
+    #[test]
+    fn dify_error_table() {
+        let rows: Vec<(DifyError, u16, &str)> = vec![
+            (
+                http(401, "unauthorized", "Access token is invalid"),
+                502,
+                "dify_app_key_rejected",
+            ),
+            (
+                http(403, "forbidden", "The app's API service has been disabled."),
+                502,
+                "dify_app_unavailable",
+            ),
+            (
+                http(400, "not_chat_app", "x"),
+                502,
+                "dify_app_mode_unsupported",
+            ),
+            (
+                http(400, "app_unavailable", "x"),
+                502,
+                "dify_app_mode_unsupported",
+            ),
+            (
+                http(400, "invalid_param", "query is required"),
+                400,
+                "invalid_param",
+            ),
+            (
+                http(400, "invalid_param", "Run failed: boom"),
+                502,
+                "dify_workflow_failed",
+            ),
+            (
+                http(400, "provider_quota_exceeded", "x"),
+                429,
+                "insufficient_quota",
+            ),
+            (
+                http(429, "rate_limit_error", "quota"),
+                429,
+                "insufficient_quota",
+            ),
+            (
+                http(429, "too_many_requests", "busy"),
+                429,
+                "rate_limit_exceeded",
+            ),
+            (
+                http(400, "provider_not_initialize", "x"),
+                502,
+                "dify_model_unavailable",
+            ),
+            (
+                http(400, "completion_request_error", "x"),
+                502,
+                "dify_model_error",
+            ),
+            (
+                http(404, "not_found", "Conversation Not Exists."),
+                404,
+                "conversation_not_found",
+            ),
+            (
+                http(404, "not_found", "The requested URL was not found"),
+                502,
+                "dify_endpoint_not_found",
+            ),
+            (http(400, "bad_request", "x"), 502, "dify_rejected_request"),
+            (http(413, "file_too_large", ""), 413, "file_too_large"),
+            (
+                http(500, "internal_server_error", "x"),
+                502,
+                "dify_server_error",
+            ),
+            (
+                http(502, "", "HTTP 502 without a Dify error body"),
+                502,
+                "dify_bad_gateway",
+            ),
+            (
+                DifyError::Unreachable("refused".into()),
+                502,
+                "dify_unreachable",
+            ),
+            (
+                DifyError::Timeout(Duration::from_secs(30)),
+                504,
+                "dify_timeout",
+            ),
+            (DifyError::Stream("cut".into()), 502, "dify_stream_error"),
+        ];
+        for (error, status, code) in rows {
+            let c = from_dify("m", &error, false);
+            assert_eq!(c.status.as_u16(), status, "{error:?}");
+            assert_eq!(c.body.error.code.as_deref(), Some(code), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn key_rejection_is_never_a_client_401() {
+        let c = from_dify(
+            "claude",
+            &http(401, "unauthorized", "Access token is invalid"),
+            false,
+        );
+        assert_eq!(c.status, StatusCode::BAD_GATEWAY);
+        assert!(c.body.error.message.contains("model `claude`"));
+        assert_eq!(c.should_retry, Some(false));
+    }
+
+    #[test]
+    fn retry_hints() {
+        let busy = from_dify("m", &http(429, "too_many_requests", "busy"), false);
+        assert_eq!(busy.retry_after.as_deref(), Some("3"));
+        assert_eq!(busy.should_retry, None);
+        let quota = from_dify("m", &http(429, "rate_limit_error", "quota"), false);
+        assert_eq!((quota.retry_after, quota.should_retry), (None, Some(false)));
+        let midstream = from_dify("m", &DifyError::Stream("cut".into()), true);
+        assert_eq!(midstream.should_retry, Some(false));
+    }
+}

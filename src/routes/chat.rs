@@ -1,0 +1,402 @@
+//! `POST /v1/chat/completions`: read and check the request, start the Dify answer, then
+//! either stream it as chunks or aggregate it into one completion.
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::Map;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::dify::types::ChatMessageRequest;
+use crate::dify::{DifyClient, DifyError, EventStream};
+use crate::error::ApiError;
+use crate::openai::ChatCompletionRequest;
+use crate::state::AppState;
+use crate::translate::{Aggregator, ChunkMeta, Flow, StreamTranslator, to_turn};
+
+/// Open WebUI's forwarded user header (sent with ENABLE_FORWARD_USER_INFO_HEADERS=true).
+const USER_HEADER: &str = "x-openwebui-user-id";
+/// How long to keep reading an abandoned stream for the task id needed to stop it.
+const TASK_ID_GRACE: Duration = Duration::from_secs(10);
+
+pub async fn create(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    match handle(state, headers, body).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn handle(state: AppState, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let bytes = read_body(body, state.config().max_request_bytes).await?;
+    let request = parse_request(&bytes)?;
+    let Some(model) = state.config().models.get(&request.model) else {
+        return Err(ApiError::ModelNotFound {
+            model: request.model.clone(),
+            available: state.config().models.keys().cloned().collect(),
+        });
+    };
+    let user_header = headers.get(USER_HEADER).and_then(|v| v.to_str().ok());
+    let turn = to_turn(&request, user_header)?;
+    let stream = request.stream.unwrap_or(false);
+    let include_usage = stream
+        && request
+            .stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false);
+
+    let dify_request = ChatMessageRequest {
+        query: turn.folded_query(),
+        inputs: Map::new(),
+        response_mode: "streaming",
+        user: turn.user.clone(),
+        conversation_id: None,
+    };
+    let app_key = model.app_key.expose().to_string();
+    let upstream = state
+        .dify()
+        .chat_stream(&app_key, &dify_request)
+        .await
+        .map_err(|error| {
+            tracing::warn!(model = %request.model, error = %short(&error), "Dify refused the request");
+            ApiError::Dify { model: request.model.clone(), error }
+        })?;
+
+    let meta = ChunkMeta {
+        id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+        created: crate::unix_now(),
+        model: request.model.clone(),
+        include_usage,
+    };
+    let task = TaskHandle {
+        dify: state.dify().clone(),
+        app_key,
+        user: turn.user,
+        task_id: None,
+        armed: true,
+    };
+    if stream {
+        Ok(stream_answer(state, upstream, meta, task, started))
+    } else {
+        aggregate_answer(state, upstream, meta, task, started).await
+    }
+}
+
+/// Reads the body up to the configured limit.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::PayloadTooLarge { limit })
+        }
+        Err(_) => Err(ApiError::bad_request(
+            "The request body could not be read.",
+            None,
+        )),
+    }
+}
+
+/// JSON syntax errors and type errors get different messages; type errors name the field.
+fn parse_request(bytes: &[u8]) -> Result<ChatCompletionRequest, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "The request body is empty: send a JSON chat completion request with `model` and `messages`.",
+            None,
+        ));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let parsed: Result<ChatCompletionRequest, _> =
+        serde_path_to_error::deserialize(&mut deserializer);
+    match parsed {
+        Ok(request) => match deserializer.end() {
+            Ok(()) => Ok(request),
+            Err(e) => Err(ApiError::bad_request(
+                format!("The request body is not valid JSON: {e}."),
+                None,
+            )),
+        },
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if inner.is_data() {
+                let param = (path != ".").then_some(path);
+                let at = param
+                    .as_deref()
+                    .map(|p| format!(" at `{p}`"))
+                    .unwrap_or_default();
+                Err(ApiError::bad_request(
+                    format!("Invalid request{at}: {}.", strip_position(&inner)),
+                    param,
+                ))
+            } else {
+                Err(ApiError::bad_request(
+                    format!("The request body is not valid JSON: {inner}."),
+                    None,
+                ))
+            }
+        }
+    }
+}
+
+/// serde's data errors end with " at line 1 column 57", which means nothing to a client
+/// that sees the field path instead.
+fn strip_position(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
+/// Stops the Dify task if the client goes away before the answer is complete.
+struct TaskHandle {
+    dify: DifyClient,
+    app_key: String,
+    user: String,
+    task_id: Option<String>,
+    armed: bool,
+}
+
+impl TaskHandle {
+    fn learn(&mut self, task_id: Option<&str>) {
+        if self.task_id.is_none() {
+            self.task_id = task_id.map(str::to_string);
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for TaskHandle {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Some(task_id) = self.task_id.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (dify, key, user) = (
+            self.dify.clone(),
+            std::mem::take(&mut self.app_key),
+            std::mem::take(&mut self.user),
+        );
+        tracing::info!(
+            task_id,
+            "client went away before the answer was complete; stopping the Dify task"
+        );
+        runtime.spawn(async move { dify.stop(&key, &task_id, &user).await });
+    }
+}
+
+fn stream_answer(
+    state: AppState,
+    upstream: EventStream,
+    meta: ChunkMeta,
+    task: TaskHandle,
+    started: Instant,
+) -> Response {
+    let (tx, rx) = mpsc::channel::<Bytes>(32);
+    let translator = StreamTranslator::new(meta, state.dify().base().clone());
+    tokio::spawn(pump(upstream, translator, tx, task, started));
+    let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, Infallible>));
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        "text/event-stream; charset=utf-8"
+            .parse()
+            .expect("static header"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        "no-cache".parse().expect("static header"),
+    );
+    // Tells nginx-style proxies in front of a local run not to buffer the stream.
+    headers.insert("x-accel-buffering", "no".parse().expect("static header"));
+    response
+}
+
+/// Moves events from Dify to the client as they arrive: every network read from Dify
+/// becomes at most one write to the client, with no added delay.
+async fn pump(
+    mut upstream: EventStream,
+    mut translator: StreamTranslator,
+    tx: mpsc::Sender<Bytes>,
+    mut task: TaskHandle,
+    started: Instant,
+) {
+    let mut events = Vec::new();
+    let mut outputs = vec![translator.start()];
+    let mut buf = Vec::new();
+    let mut ended = false;
+    loop {
+        for output in outputs.drain(..) {
+            output.write_sse(&mut buf);
+        }
+        if !buf.is_empty()
+            && tx
+                .send(Bytes::from(std::mem::take(&mut buf)))
+                .await
+                .is_err()
+        {
+            break;
+        }
+        if ended {
+            task.disarm();
+            tracing::info!(model = %translator.model(), ms = started.elapsed().as_millis() as u64, "stream finished");
+            return;
+        }
+        let more = tokio::select! {
+            biased;
+            _ = tx.closed() => break,
+            more = upstream.next_batch(&mut events) => more,
+        };
+        for item in events.drain(..) {
+            let flow = match item {
+                Ok(event) => translator.on_event(event, &mut outputs),
+                Err(error) => {
+                    tracing::warn!(error = %short(&error), "Dify stream failed mid-answer");
+                    translator.fail(&error, &mut outputs);
+                    Flow::Stop
+                }
+            };
+            task.learn(translator.task_id());
+            if flow == Flow::Stop {
+                ended = true;
+                break;
+            }
+        }
+        if !more && !ended {
+            translator.finish(&mut outputs);
+            ended = true;
+        }
+    }
+    // The client is gone. If no frame has named the task yet, read on briefly for it.
+    if task.task_id.is_none() {
+        let _ = tokio::time::timeout(TASK_ID_GRACE, async {
+            while upstream.next_batch(&mut events).await {
+                for event in events.drain(..).flatten() {
+                    task.learn(event.task_id.as_deref());
+                }
+                if task.task_id.is_some() {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    // Dropping `task` (still armed) stops the Dify task.
+}
+
+async fn aggregate_answer(
+    state: AppState,
+    mut upstream: EventStream,
+    meta: ChunkMeta,
+    mut task: TaskHandle,
+    started: Instant,
+) -> Result<Response, ApiError> {
+    // If the client disconnects, axum drops this future and `task` stops the Dify run.
+    let mut aggregator = Aggregator::new(state.dify().base().clone());
+    let mut events = Vec::new();
+    'read: loop {
+        let more = upstream.next_batch(&mut events).await;
+        for item in events.drain(..) {
+            match item {
+                Ok(event) => {
+                    let flow = aggregator.on_event(event);
+                    task.learn(aggregator.task_id());
+                    if flow == Flow::Stop {
+                        break 'read;
+                    }
+                }
+                Err(error) => {
+                    aggregator.fail(error);
+                    break 'read;
+                }
+            }
+        }
+        if !more {
+            break;
+        }
+    }
+    task.disarm();
+    match aggregator.finish(&meta) {
+        Ok(completion) => {
+            tracing::info!(model = %meta.model, ms = started.elapsed().as_millis() as u64, tokens = completion.usage.total_tokens, "answer complete");
+            Ok((StatusCode::OK, axum::Json(completion)).into_response())
+        }
+        Err(error) => {
+            tracing::warn!(model = %meta.model, error = %short(&error), "Dify failed mid-answer");
+            let mut client = crate::error::from_dify(&meta.model, &error, true);
+            // The run had started: a retry would replay it.
+            client.should_retry = Some(false);
+            Ok(client.into_response())
+        }
+    }
+}
+
+/// Log form of a Dify error: code and status only at info/warn, since Dify's messages can
+/// echo request content.
+fn short(error: &DifyError) -> String {
+    match error {
+        DifyError::Http { status, code, .. } => format!("HTTP {status} {code}"),
+        DifyError::Event { code, status, .. } => format!("error event {code} ({status:?})"),
+        DifyError::Timeout(t) => format!("no response head within {} s", t.as_secs()),
+        DifyError::Unreachable(cause) => format!("unreachable: {cause}"),
+        DifyError::Stream(cause) => cause.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bad(body: &str) -> (String, Option<String>) {
+        match parse_request(body.as_bytes()) {
+            Err(ApiError::BadRequest { message, param }) => (message, param),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn syntax_and_type_errors_read_differently() {
+        let (m, p) = bad("{\"model\": \"x\", ");
+        assert!(m.starts_with("The request body is not valid JSON"), "{m}");
+        assert_eq!(p, None);
+        let (m, p) =
+            bad(r#"{"model":"x","messages":[{"role":"user","content":"hi"}],"stream":"yes"}"#);
+        assert_eq!(
+            m,
+            "Invalid request at `stream`: invalid type: string \"yes\", expected a boolean."
+        );
+        assert_eq!(p.as_deref(), Some("stream"));
+        let (m, p) = bad(r#"{"model":"x","messages":[{"role":"robot","content":"hi"}]}"#);
+        assert!(
+            m.contains("messages[0].role") && m.contains("unknown variant `robot`"),
+            "{m}"
+        );
+        assert_eq!(p.as_deref(), Some("messages[0].role"));
+        let (m, _) = bad(r#"{"messages":[]}"#);
+        assert!(m.contains("missing field `model`"), "{m}");
+        let (m, _) = bad("  ");
+        assert!(m.contains("empty"), "{m}");
+        let (m, _) = bad(r#"{"model":"x","messages":[]} trailing"#);
+        assert!(
+            m.contains("not valid JSON") || m.contains("trailing"),
+            "{m}"
+        );
+    }
+}

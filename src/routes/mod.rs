@@ -1,0 +1,70 @@
+//! The router as data: every path, layer and fallback on one screen.
+
+mod auth;
+mod chat;
+mod models;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderValue, Method, Uri};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/models", get(models::list).fallback(method_not_allowed))
+        .route(
+            "/v1/models/{*id}",
+            get(models::get).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/chat/completions",
+            post(chat::create).fallback(method_not_allowed),
+        )
+        .fallback(not_found)
+        // Auth wraps the fallback too: without a key, unknown paths answer 401, not 404.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ))
+        .layer(middleware::from_fn(request_log))
+        .with_state(state)
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound {
+        path: uri.path().to_string(),
+    }
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
+}
+
+/// One line per request: method, path, status, time to response head. Never headers,
+/// query strings or bodies. Every response gets an `x-request-id` the SDKs expose.
+async fn request_log(request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let request_id = format!("req_{}", uuid::Uuid::new_v4().simple());
+    let mut response = next.run(request).await;
+    let status = response.status().as_u16();
+    let ms = started.elapsed().as_millis() as u64;
+    if status >= 500 {
+        tracing::warn!(%method, path, status, ms, request_id, "request");
+    } else {
+        tracing::info!(%method, path, status, ms, request_id, "request");
+    }
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
+}

@@ -1,0 +1,43 @@
+//! Shared state built once at cold start and borrowed by every request.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::dify::DifyClient;
+
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    dify: DifyClient,
+    /// Reported as every model's `created`: the time this instance loaded its config.
+    started_at: i64,
+}
+
+impl AppState {
+    pub fn new(config: Config) -> Result<Self, reqwest::Error> {
+        let dify = DifyClient::new(config.dify_api_base.clone(), config.dify_timeout)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                dify,
+                started_at: crate::unix_now(),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn dify(&self) -> &DifyClient {
+        &self.inner.dify
+    }
+
+    pub fn started_at(&self) -> i64 {
+        self.inner.started_at
+    }
+}

@@ -1,0 +1,104 @@
+//! Dify events → one `chat.completion` object, for clients that did not ask to stream.
+
+use url::Url;
+
+use super::answer::{AnswerTracker, Step};
+use super::stream::{ChunkMeta, Flow, to_openai_usage};
+use crate::dify::types::Usage as DifyUsage;
+use crate::dify::{DifyError, DifyEvent};
+use crate::openai::{ChatCompletion, Choice, FinishReason, ResponseMessage};
+
+pub struct Aggregator {
+    tracker: AnswerTracker,
+    usage: Option<DifyUsage>,
+    ended: bool,
+    replaced: bool,
+    failure: Option<DifyError>,
+    task_id: Option<String>,
+    conversation_id: Option<String>,
+}
+
+impl Aggregator {
+    pub fn new(file_base: Url) -> Self {
+        Self {
+            tracker: AnswerTracker::new(file_base),
+            usage: None,
+            ended: false,
+            replaced: false,
+            failure: None,
+            task_id: None,
+            conversation_id: None,
+        }
+    }
+
+    pub fn task_id(&self) -> Option<&str> {
+        self.task_id.as_deref()
+    }
+
+    pub fn conversation_id(&self) -> Option<&str> {
+        self.conversation_id.as_deref()
+    }
+
+    pub fn on_event(&mut self, event: DifyEvent) -> Flow {
+        if self.failure.is_some() {
+            return Flow::Stop;
+        }
+        if self.task_id.is_none() {
+            self.task_id = event.task_id;
+        }
+        if self.conversation_id.is_none() {
+            self.conversation_id = event.conversation_id.filter(|c| !c.is_empty());
+        }
+        match self.tracker.apply(event.event) {
+            Step::Nothing | Step::KeepAlive | Step::Append(_) => {}
+            Step::Replace(_) => self.replaced = true,
+            Step::End(usage) => {
+                self.ended = true;
+                if usage.is_some() {
+                    self.usage = usage;
+                }
+            }
+            Step::Fail(error) => {
+                self.failure = Some(error);
+                return Flow::Stop;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// The stream broke before its end.
+    pub fn fail(&mut self, error: DifyError) {
+        self.failure.get_or_insert(error);
+    }
+
+    /// End of Dify's stream: the completion, or why there is none.
+    pub fn finish(self, meta: &ChunkMeta) -> Result<ChatCompletion, DifyError> {
+        if let Some(error) = self.failure {
+            return Err(error);
+        }
+        if !self.ended {
+            return Err(self.tracker.incomplete());
+        }
+        Ok(ChatCompletion {
+            id: meta.id.clone(),
+            object: "chat.completion".to_string(),
+            created: meta.created,
+            model: meta.model.clone(),
+            choices: vec![Choice {
+                index: 0,
+                message: ResponseMessage {
+                    role: "assistant".to_string(),
+                    content: self.tracker.answer().to_string(),
+                    refusal: None,
+                },
+                logprobs: None,
+                finish_reason: if self.replaced {
+                    FinishReason::ContentFilter
+                } else {
+                    FinishReason::Stop
+                },
+            }],
+            usage: to_openai_usage(self.usage),
+        })
+    }
+}

@@ -1,0 +1,282 @@
+//! OpenAI chat request → what Dify needs: the new user message, the earlier turns, and
+//! the end user.
+
+use serde_json::Value;
+
+use crate::config::DEFAULT_USER;
+use crate::error::ApiError;
+use crate::openai::{ChatCompletionRequest, Role};
+
+/// A chat request reduced to what Dify can take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Turn {
+    /// Text of the last user message.
+    pub message: String,
+    /// Every other message, in order, with its role.
+    pub history: Vec<(Role, String)>,
+    /// Dify `user`.
+    pub user: String,
+}
+
+impl Turn {
+    /// The Dify `query` for a new conversation: the message alone when there is no
+    /// history, otherwise a readable transcript ending with it, so that no context is lost.
+    pub fn folded_query(&self) -> String {
+        if self.history.is_empty() {
+            return self.message.clone();
+        }
+        let mut query = String::new();
+        for (role, text) in &self.history {
+            query.push_str(role.label());
+            query.push_str(": ");
+            query.push_str(text);
+            query.push_str("\n\n");
+        }
+        query.push_str("User: ");
+        query.push_str(&self.message);
+        query
+    }
+}
+
+/// Who the end user is: the request's `user` field, then Open WebUI's user header, then
+/// `metadata.user_id`, then a fixed default.
+pub fn end_user(request: &ChatCompletionRequest, user_header: Option<&str>) -> String {
+    let from_field = match &request.user {
+        Some(Value::String(s)) => Some(s.as_str()),
+        // Open WebUI pipelines send `user` as an object.
+        Some(Value::Object(o)) => o.get("id").and_then(Value::as_str),
+        _ => None,
+    };
+    let from_metadata = request
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get("user_id"))
+        .and_then(Value::as_str);
+    [from_field, user_header, from_metadata]
+        .into_iter()
+        .flatten()
+        .map(str::trim)
+        .find(|u| !u.is_empty())
+        .unwrap_or(DEFAULT_USER)
+        .to_string()
+}
+
+/// Checks the messages and splits off the last user message.
+pub fn to_turn(
+    request: &ChatCompletionRequest,
+    user_header: Option<&str>,
+) -> Result<Turn, ApiError> {
+    if request.messages.is_empty() {
+        return Err(ApiError::bad_request(
+            "`messages` is empty: send at least one user message.",
+            Some("messages".into()),
+        ));
+    }
+    if let Some(n) = request.n.filter(|&n| n > 1) {
+        return Err(ApiError::bad_request(
+            format!("`n` is {n}, but a Dify app gives one answer per request: use n = 1."),
+            Some("n".into()),
+        ));
+    }
+    let last_user = request
+        .messages
+        .iter()
+        .rposition(|m| m.role == Role::User)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "`messages` has no message with role `user`: there is nothing to answer.",
+                Some("messages".into()),
+            )
+        })?;
+
+    let mut message = String::new();
+    let mut history = Vec::with_capacity(request.messages.len().saturating_sub(1));
+    for (i, m) in request.messages.iter().enumerate() {
+        let text = content_text(m.content.as_ref(), i, m.role)?;
+        if i == last_user {
+            message = text;
+        } else if !text.trim().is_empty() {
+            history.push((m.role, text));
+        }
+    }
+    if message.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            format!("messages[{last_user}].content is empty: the last user message needs text."),
+            Some(format!("messages[{last_user}].content")),
+        ));
+    }
+    Ok(Turn {
+        message,
+        history,
+        user: end_user(request, user_header),
+    })
+}
+
+/// A message's text: a string, or the text parts of an array joined by newlines.
+fn content_text(content: Option<&Value>, i: usize, role: Role) -> Result<String, ApiError> {
+    let param = format!("messages[{i}].content");
+    match content {
+        Some(Value::String(s)) => Ok(s.clone()),
+        // Assistant turns that only called tools carry no content.
+        None | Some(Value::Null) if role != Role::User => Ok(String::new()),
+        Some(Value::Array(parts)) => {
+            let mut texts = Vec::with_capacity(parts.len());
+            for (j, part) in parts.iter().enumerate() {
+                let kind = part.get("type").and_then(Value::as_str);
+                match kind {
+                    Some("text") => match part.get("text") {
+                        Some(Value::String(t)) => texts.push(t.as_str()),
+                        _ => {
+                            return Err(ApiError::bad_request(
+                                format!("{param}[{j}] is a text part without a string `text`."),
+                                Some(format!("{param}[{j}].text")),
+                            ));
+                        }
+                    },
+                    Some("refusal") if role == Role::Assistant => {
+                        if let Some(t) = part.get("refusal").and_then(Value::as_str) {
+                            texts.push(t);
+                        }
+                    }
+                    Some(other) => {
+                        return Err(ApiError::bad_request(
+                            format!(
+                                "{param}[{j}] has type `{other}`, which this proxy does not support yet: send text parts only."
+                            ),
+                            Some(format!("{param}[{j}].type")),
+                        ));
+                    }
+                    None => {
+                        return Err(ApiError::bad_request(
+                            format!(
+                                "{param}[{j}] must be an object with a string `type`, like {{\"type\":\"text\",\"text\":\"...\"}}."
+                            ),
+                            Some(format!("{param}[{j}]")),
+                        ));
+                    }
+                }
+            }
+            Ok(texts.join("\n"))
+        }
+        _ => Err(ApiError::bad_request(
+            format!("{param} must be a string or an array of content parts."),
+            Some(param),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn request(v: Value) -> ChatCompletionRequest {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn bad(v: Value) -> (String, Option<String>) {
+        match to_turn(&request(v), None) {
+            Err(ApiError::BadRequest { message, param }) => (message, param),
+            other => panic!("expected a bad request, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn single_message_is_sent_alone() {
+        let t = to_turn(
+            &request(json!({"model":"m","messages":[{"role":"user","content":"Hello"}]})),
+            None,
+        )
+        .unwrap();
+        assert_eq!(t.folded_query(), "Hello");
+        assert_eq!(t.user, "opendify");
+    }
+
+    #[test]
+    fn history_is_folded_into_a_transcript() {
+        let t = to_turn(
+            &request(json!({"model":"m","messages":[
+                {"role":"system","content":"Be brief."},
+                {"role":"user","content":"Hi"},
+                {"role":"assistant","content":"Hello!"},
+                {"role":"developer","content":[{"type":"text","text":"Use French."}]},
+                {"role":"user","content":[{"type":"text","text":"Line one"},{"type":"text","text":"line two"}]}
+            ]})),
+            None,
+        )
+        .unwrap();
+        assert_eq!(t.message, "Line one\nline two");
+        assert_eq!(
+            t.folded_query(),
+            "System: Be brief.\n\nUser: Hi\n\nAssistant: Hello!\n\nDeveloper: Use French.\n\nUser: Line one\nline two"
+        );
+    }
+
+    #[test]
+    fn user_precedence() {
+        let body = |user: Value, meta: Value| {
+            request(
+                json!({"model":"m","messages":[{"role":"user","content":"x"}],"user":user,"metadata":meta}),
+            )
+        };
+        assert_eq!(
+            end_user(
+                &body(json!("alice"), json!({"user_id":"carol"})),
+                Some("bob")
+            ),
+            "alice"
+        );
+        assert_eq!(
+            end_user(
+                &body(json!({"id":"u-1","name":"A"}), json!(null)),
+                Some("bob")
+            ),
+            "u-1"
+        );
+        assert_eq!(
+            end_user(&body(json!(null), json!({"user_id":"carol"})), Some("bob")),
+            "bob"
+        );
+        assert_eq!(
+            end_user(&body(json!(""), json!({"user_id":"carol"})), None),
+            "carol"
+        );
+        assert_eq!(
+            end_user(&body(json!(5), json!({"user_id":7})), None),
+            "opendify"
+        );
+    }
+
+    #[test]
+    fn clear_errors_for_bad_messages() {
+        assert_eq!(
+            bad(json!({"model":"m","messages":[]})).1.as_deref(),
+            Some("messages")
+        );
+        let (msg, _) = bad(json!({"model":"m","messages":[{"role":"system","content":"x"}]}));
+        assert!(msg.contains("no message with role `user`"), "{msg}");
+        let (msg, param) = bad(json!({"model":"m","messages":[{"role":"user","content":[
+            {"type":"text","text":"x"},{"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]}));
+        assert!(msg.contains("type `image_url`"), "{msg}");
+        assert_eq!(param.as_deref(), Some("messages[0].content[1].type"));
+        let (_, param) = bad(json!({"model":"m","messages":[{"role":"user","content":5}]}));
+        assert_eq!(param.as_deref(), Some("messages[0].content"));
+        let (_, param) = bad(json!({"model":"m","messages":[{"role":"user","content":"   "}]}));
+        assert_eq!(param.as_deref(), Some("messages[0].content"));
+        let (_, param) = bad(json!({"model":"m","messages":[{"role":"user","content":"x"}],"n":2}));
+        assert_eq!(param.as_deref(), Some("n"));
+        let (_, param) = bad(json!({"model":"m","messages":[{"role":"user","content":null}]}));
+        assert_eq!(param.as_deref(), Some("messages[0].content"));
+    }
+
+    #[test]
+    fn tool_call_turns_without_content_are_fine() {
+        let t = to_turn(
+            &request(json!({"model":"m","messages":[
+                {"role":"user","content":"a"},{"role":"assistant","content":null},{"role":"user","content":"b"}]})),
+            None,
+        )
+        .unwrap();
+        assert_eq!(t.folded_query(), "User: a\n\nUser: b");
+    }
+}
