@@ -42,9 +42,12 @@ pub fn init(lambda: bool) {
     let filter = EnvFilter::try_new(filter_directives(level.as_deref()))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    // Colour only for a person at a terminal; CloudWatch and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match (json, lambda) {
         (true, _) => builder.json().init(),

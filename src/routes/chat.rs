@@ -112,6 +112,20 @@ fn parse_request(bytes: &[u8]) -> Result<ChatCompletionRequest, ApiError> {
             None,
         ));
     }
+    // serde would read a struct from an array too; say plainly what the body must be.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Ok(_) => ApiError::bad_request(
+                    "The request body must be a JSON object with `model` and `messages`.",
+                    None,
+                ),
+                Err(e) => {
+                    ApiError::bad_request(format!("The request body is not valid JSON: {e}."), None)
+                }
+            },
+        );
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let parsed: Result<ChatCompletionRequest, _> =
         serde_path_to_error::deserialize(&mut deserializer);
@@ -256,7 +270,13 @@ async fn pump(
         }
         if ended {
             task.disarm();
-            tracing::info!(model = %translator.model(), ms = started.elapsed().as_millis() as u64, "stream finished");
+            let ms = started.elapsed().as_millis() as u64;
+            match translator.error_code() {
+                None => tracing::info!(model = %translator.model(), ms, "stream complete"),
+                Some(code) => {
+                    tracing::warn!(model = %translator.model(), ms, code, "stream ended with an error event")
+                }
+            }
             return;
         }
         let more = tokio::select! {

@@ -70,6 +70,7 @@ pub struct StreamTranslator {
     finished: bool,
     task_id: Option<String>,
     conversation_id: Option<String>,
+    error_code: Option<String>,
 }
 
 impl StreamTranslator {
@@ -84,7 +85,13 @@ impl StreamTranslator {
             finished: false,
             task_id: None,
             conversation_id: None,
+            error_code: None,
         }
+    }
+
+    /// The client-facing error code the stream ended with, if it failed.
+    pub fn error_code(&self) -> Option<&str> {
+        self.error_code.as_deref()
     }
 
     /// Dify's task id, known from the first frame that carries it (needed to stop the task).
@@ -188,7 +195,9 @@ impl StreamTranslator {
             return;
         }
         self.finished = true;
-        out.push(Output::Error(from_dify(&self.meta.model, error, true).body));
+        let body = from_dify(&self.meta.model, error, true).body;
+        self.error_code = body.error.code.clone();
+        out.push(Output::Error(body));
     }
 
     fn content(&self, text: String) -> Output {

@@ -1,0 +1,175 @@
+//! `spawn_app`: the real router on 127.0.0.1:0, configured against a fresh fake Dify.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use crate::support::FakeDify;
+
+pub const PROXY_KEY: &str = "sk-proxy-test-0001";
+pub const APP_KEY: &str = "app-testkey000000000000a1";
+pub const OTHER_KEY: &str = "app-testkey000000000000b2";
+pub const MODEL: &str = "my-app";
+
+pub struct TestApp {
+    pub url: String,
+    pub client: reqwest::Client,
+    pub dify: FakeDify,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// Extra variables override the defaults; an empty value removes one.
+pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
+    let dify = FakeDify::start().await;
+    let mut vars: HashMap<String, String> = HashMap::from([
+        ("DIFY_API_BASE".to_string(), dify.base_url()),
+        (
+            "MODEL_CONFIG".to_string(),
+            format!(r#"{{"{MODEL}":"{APP_KEY}","zeta":{{"key":"{OTHER_KEY}"}}}}"#),
+        ),
+        (
+            "PROXY_API_KEYS".to_string(),
+            format!("sk-another-key,{PROXY_KEY}"),
+        ),
+    ]);
+    for (k, v) in overrides {
+        vars.insert(k.to_string(), v.to_string());
+    }
+    let config = opendify::Config::from_lookup(|name| vars.get(name).cloned())
+        .expect("test config is valid");
+    let state = opendify::AppState::new(config).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, opendify::app(state)).await });
+    TestApp {
+        url,
+        client: reqwest::Client::new(),
+        dify,
+    }
+}
+
+/// One SSE frame as the client received it, with its arrival time.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub at: Instant,
+    pub text: String,
+}
+
+pub struct SseResponse {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub frames: Vec<Frame>,
+}
+
+impl SseResponse {
+    /// JSON of every `data:` frame except `[DONE]`.
+    pub fn data(&self) -> Vec<Value> {
+        self.frames
+            .iter()
+            .filter_map(|f| f.text.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap_or_else(|e| panic!("bad JSON {d:?}: {e}")))
+            .collect()
+    }
+
+    pub fn chunks(&self) -> Vec<Value> {
+        self.data()
+            .into_iter()
+            .filter(|v| v.get("error").is_none())
+            .collect()
+    }
+
+    pub fn error(&self) -> Option<Value> {
+        self.data()
+            .into_iter()
+            .find(|v| v.get("error").is_some())
+            .map(|v| v["error"].clone())
+    }
+
+    pub fn content(&self) -> String {
+        self.chunks()
+            .iter()
+            .flat_map(|c| c["choices"].as_array().cloned().unwrap_or_default())
+            .filter_map(|c| c["delta"]["content"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    pub fn done(&self) -> bool {
+        self.frames.last().is_some_and(|f| f.text == "data: [DONE]")
+    }
+
+    pub fn pings(&self) -> usize {
+        self.frames
+            .iter()
+            .filter(|f| f.text.starts_with(':'))
+            .count()
+    }
+}
+
+impl TestApp {
+    pub fn post_chat(&self, body: &Value) -> reqwest::RequestBuilder {
+        self.client
+            .post(format!("{}/v1/chat/completions", self.url))
+            .bearer_auth(PROXY_KEY)
+            .json(body)
+    }
+
+    pub async fn chat(&self, body: Value) -> (u16, reqwest::header::HeaderMap, Value) {
+        let r = self.post_chat(&body).send().await.unwrap();
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let text = r.text().await.unwrap();
+        let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+        (status, headers, json)
+    }
+
+    /// Sends a streaming request and reads the whole SSE body, frame by frame.
+    pub async fn stream(&self, body: Value) -> SseResponse {
+        let r = self.post_chat(&body).send().await.unwrap();
+        read_sse(r).await
+    }
+}
+
+pub async fn read_sse(r: reqwest::Response) -> SseResponse {
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let mut frames = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut body = r.bytes_stream();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Ok(Some(chunk)) = tokio::time::timeout_at(deadline.into(), body.next()).await {
+        let chunk = chunk.unwrap();
+        let at = Instant::now();
+        buf.extend_from_slice(&chunk);
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let text = String::from_utf8(buf[..end].to_vec()).expect("the proxy sends UTF-8");
+            buf.drain(..end + 2);
+            frames.push(Frame { at, text });
+        }
+    }
+    assert!(
+        buf.is_empty(),
+        "unterminated frame: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    SseResponse {
+        status,
+        headers,
+        frames,
+    }
+}
+
+pub fn user_message(text: &str) -> Value {
+    serde_json::json!({"model": MODEL, "messages": [{"role": "user", "content": text}]})
+}
+
+pub fn streaming(text: &str) -> Value {
+    let mut v = user_message(text);
+    v["stream"] = Value::Bool(true);
+    v
+}

@@ -1,0 +1,13 @@
+//! Integration tests over real HTTP: the opendify router on a loopback port in front of a
+//! fake Dify that speaks Dify's wire format. One test binary, a module per feature.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod helpers;
+
+mod auth_and_routes;
+mod chat_blocking;
+mod chat_errors;
+mod chat_stream;
+mod models;
