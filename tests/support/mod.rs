@@ -1,0 +1,9 @@
+//! Shared helpers for the integration tests.
+//!
+//! Every test binary that says `mod support;` compiles this module on its own, so
+//! helpers (and the re-export) one binary does not use would otherwise warn.
+#![allow(dead_code, unused_imports)]
+
+pub mod fake_dify;
+pub mod lambda_runtime;
+pub use fake_dify::*;
