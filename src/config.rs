@@ -13,6 +13,9 @@ pub const DEFAULT_DIFY_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 6 * 1024 * 1024;
 /// Dify `user` sent when the client identifies no end user.
 pub const DEFAULT_USER: &str = "opendify";
+/// Open WebUI's chat id header (renamable there with FORWARD_SESSION_INFO_HEADER_CHAT_ID).
+pub const DEFAULT_CHAT_ID_HEADER: &str = "x-openwebui-chat-id";
+pub const DEFAULT_CONVERSATION_TTL_DAYS: u64 = 30;
 
 /// A secret string (Dify app key, proxy key). `Debug`/`Display` show only a masked tail,
 /// so a stray `{:?}` can never put a key in a log.
@@ -64,6 +67,15 @@ pub struct ModelConfig {
     pub app_key: Secret,
 }
 
+/// Which browser origins may call the API (Open WebUI direct connections, browser SDKs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cors {
+    /// `Access-Control-Allow-Origin: *`. Safe here: credentials are bearer keys, never cookies.
+    AnyOrigin,
+    Origins(Vec<String>),
+    Disabled,
+}
+
 /// How clients authenticate to the proxy.
 #[derive(Debug, Clone)]
 pub enum Auth {
@@ -83,6 +95,14 @@ pub struct Config {
     pub max_request_bytes: usize,
     pub server_host: String,
     pub server_port: u16,
+    /// DynamoDB table for chat → conversation mappings; None keeps them in process.
+    pub conversation_table: Option<String>,
+    pub conversation_ttl: Duration,
+    /// Header carrying the client's chat id (lower case).
+    pub chat_id_header: axum::http::HeaderName,
+    /// Continue conversations of clients that send no chat id by matching the history.
+    pub history_matching: bool,
+    pub cors: Cors,
 }
 
 /// Every configuration problem found, in the order the variables are documented.
@@ -229,6 +249,77 @@ impl Config {
             }),
         };
 
+        let conversation_table = get("CONVERSATION_TABLE").map(|t| t.trim().to_string());
+        if let Some(table) = &conversation_table
+            && !valid_table_name(table)
+        {
+            problems.push(format!(
+                "CONVERSATION_TABLE is {table:?}: a DynamoDB table name has 3-255 characters from a-z, A-Z, 0-9, '_', '-', '.'"
+            ));
+        }
+        let conversation_ttl = match get("CONVERSATION_TTL_DAYS") {
+            None => Duration::from_secs(DEFAULT_CONVERSATION_TTL_DAYS * 86_400),
+            Some(raw) => match raw.trim().parse::<u64>() {
+                Ok(days) if (1..=3650).contains(&days) => Duration::from_secs(days * 86_400),
+                _ => {
+                    problems.push(format!(
+                        "CONVERSATION_TTL_DAYS is {:?}: use a whole number of days from 1 to 3650",
+                        raw.trim()
+                    ));
+                    Duration::from_secs(DEFAULT_CONVERSATION_TTL_DAYS * 86_400)
+                }
+            },
+        };
+        let chat_id_header = match get("CHAT_ID_HEADER") {
+            None => axum::http::HeaderName::from_static(DEFAULT_CHAT_ID_HEADER),
+            Some(raw) => {
+                axum::http::HeaderName::from_bytes(raw.trim().to_ascii_lowercase().as_bytes())
+                    .unwrap_or_else(|_| {
+                        problems.push(format!(
+                            "CHAT_ID_HEADER is {:?}, which is not a valid HTTP header name",
+                            raw.trim()
+                        ));
+                        axum::http::HeaderName::from_static(DEFAULT_CHAT_ID_HEADER)
+                    })
+            }
+        };
+        let history_matching = match get("CONVERSATION_HISTORY_MATCHING") {
+            None => true,
+            Some(raw) => parse_bool(&raw).unwrap_or_else(|| {
+                problems.push(format!(
+                    "CONVERSATION_HISTORY_MATCHING is {:?}: use true or false",
+                    raw.trim()
+                ));
+                true
+            }),
+        };
+
+        let cors = match get("CORS_ALLOW_ORIGINS").map(|v| v.trim().to_string()) {
+            None => Cors::AnyOrigin,
+            Some(v) if v == "*" => Cors::AnyOrigin,
+            Some(v) if v.eq_ignore_ascii_case("none") => Cors::Disabled,
+            Some(v) => {
+                let origins: Vec<String> = v
+                    .split(',')
+                    .map(|o| o.trim().trim_end_matches('/').to_string())
+                    .filter(|o| !o.is_empty())
+                    .collect();
+                for origin in &origins {
+                    let ok = Url::parse(origin).is_ok_and(|u| {
+                        matches!(u.scheme(), "http" | "https")
+                            && u.host_str().is_some()
+                            && u.path() == "/"
+                    }) && axum::http::HeaderValue::from_str(origin).is_ok();
+                    if !ok {
+                        problems.push(format!(
+                            "CORS_ALLOW_ORIGINS entry {origin:?} is not an origin like https://chat.example.com (or use * or none)"
+                        ));
+                    }
+                }
+                Cors::Origins(origins)
+            }
+        };
+
         match dify_api_base {
             Some(dify_api_base) if problems.is_empty() => Ok(Config {
                 dify_api_base,
@@ -238,6 +329,11 @@ impl Config {
                 max_request_bytes,
                 server_host,
                 server_port,
+                conversation_table,
+                conversation_ttl,
+                chat_id_header,
+                history_matching,
+                cors,
             }),
             _ => Err(ConfigErrors(problems)),
         }
@@ -364,6 +460,13 @@ fn parse_models(raw: &str, problems: &mut Vec<String>) -> BTreeMap<String, Model
         models.insert(name.clone(), ModelConfig { app_key: secret });
     }
     models
+}
+
+fn valid_table_name(name: &str) -> bool {
+    (3..=255).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 fn looks_like_app_key(key: &str) -> bool {
@@ -543,6 +646,68 @@ mod tests {
         let debug = format!("{c:?} {}", c.summary());
         assert!(!debug.contains(KEY) && !debug.contains("sk-one"), "{debug}");
         assert!(debug.contains("app-…3f9a"), "{debug}");
+    }
+
+    #[test]
+    fn conversation_settings() {
+        let c = config(&valid()).unwrap();
+        assert_eq!(c.conversation_table, None);
+        assert_eq!(c.conversation_ttl, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.chat_id_header.as_str(), "x-openwebui-chat-id");
+        assert!(c.history_matching);
+
+        let mut vars = valid();
+        vars.extend([
+            ("CONVERSATION_TABLE", "opendify-conversations"),
+            ("CONVERSATION_TTL_DAYS", "7"),
+            ("CHAT_ID_HEADER", "X-Chat-Id"),
+            ("CONVERSATION_HISTORY_MATCHING", "false"),
+        ]);
+        let c = config(&vars).unwrap();
+        assert_eq!(
+            c.conversation_table.as_deref(),
+            Some("opendify-conversations")
+        );
+        assert_eq!(c.conversation_ttl, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.chat_id_header.as_str(), "x-chat-id");
+        assert!(!c.history_matching);
+
+        let mut vars = valid();
+        vars.extend([
+            ("CONVERSATION_TABLE", "no spaces allowed"),
+            ("CONVERSATION_TTL_DAYS", "0"),
+            ("CHAT_ID_HEADER", "bad header"),
+            ("CONVERSATION_HISTORY_MATCHING", "sometimes"),
+        ]);
+        assert_eq!(config(&vars).unwrap_err().0.len(), 4);
+    }
+
+    #[test]
+    fn cors_origins() {
+        let with = |v: &str| {
+            let mut vars = valid();
+            vars.push(("CORS_ALLOW_ORIGINS", v));
+            config(&vars)
+        };
+        assert_eq!(config(&valid()).unwrap().cors, Cors::AnyOrigin);
+        assert_eq!(with("none").unwrap().cors, Cors::Disabled);
+        assert_eq!(
+            with("https://chat.example.com/, http://localhost:3000")
+                .unwrap()
+                .cors,
+            Cors::Origins(vec![
+                "https://chat.example.com".into(),
+                "http://localhost:3000".into()
+            ])
+        );
+        let text = with("chat.example.com,https://x.com/path")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("\"chat.example.com\" is not an origin")
+                && text.contains("https://x.com/path"),
+            "{text}"
+        );
     }
 
     #[test]

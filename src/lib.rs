@@ -4,16 +4,22 @@
 
 /// Environment configuration, validated as a whole at cold start.
 pub mod config;
+/// Which Dify conversation a request continues (store keys, background tasks).
+pub mod continuity;
 /// Dify service API: wire types, SSE decoding, HTTP client.
 pub mod dify;
 /// Client-facing errors and their one mapping to HTTP.
 pub mod error;
 /// OpenAI chat-completions wire types.
 pub mod openai;
+/// Secrets read from SSM Parameter Store at cold start.
+pub mod parameters;
 /// The HTTP routes: models, chat completions, auth, fallbacks.
 pub mod routes;
 /// Shared per-instance state.
 pub mod state;
+/// Chat → Dify conversation mappings: DynamoDB, or process memory.
+pub mod store;
 /// Logging setup that never prints secrets.
 pub mod telemetry;
 /// Pure OpenAI ⇄ Dify translation.

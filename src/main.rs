@@ -2,23 +2,15 @@
 //! Lambda runtime (response streaming) or as a local HTTP server.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use opendify::{AppState, Config};
+use opendify::config::ConfigErrors;
+use opendify::store::{ConversationStore, DynamoStore, MemoryStore};
+use opendify::{AppState, Config, parameters};
 
 fn main() -> ExitCode {
     let lambda = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some();
     opendify::telemetry::init(lambda);
-
-    let config = match Config::from_env() {
-        Ok(config) => config,
-        Err(problems) => {
-            // Plain text on stderr: readable in a terminal and in CloudWatch alike. Exiting
-            // non-zero makes Lambda report an init error, so a broken config never serves.
-            eprintln!("opendify cannot start: {problems}");
-            return ExitCode::FAILURE;
-        }
-    };
-    tracing::info!("{}", config.summary());
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -30,19 +22,71 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config, lambda)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("opendify stopped: {message}");
-            ExitCode::FAILURE
+    runtime.block_on(async {
+        let config = match load_config().await {
+            Ok(config) => config,
+            Err(problems) => {
+                // Plain text on stderr: readable in a terminal and in CloudWatch alike.
+                // Exiting non-zero makes Lambda report an init error, so a broken
+                // config never serves.
+                eprintln!("opendify cannot start: {problems}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!("{}", config.summary());
+        match serve(config, lambda).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("opendify stopped: {message}");
+                ExitCode::FAILURE
+            }
         }
+    })
+}
+
+/// The environment, with `*_PARAMETER` values read from SSM Parameter Store; every
+/// problem of either source in one list.
+async fn load_config() -> Result<Config, ConfigErrors> {
+    let env = |name: &str| std::env::var(name).ok();
+    let ssm = if parameters::any_requested(&env) {
+        let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .load()
+            .await;
+        Some(aws_sdk_ssm::Client::new(&shared))
+    } else {
+        None
+    };
+    let resolved = parameters::resolve(&env, ssm.as_ref()).await;
+    for (var, name) in &resolved.sources {
+        tracing::info!("{var} read from SSM parameter {name:?}");
     }
+    let merged = |name: &str| resolved.values.get(name).cloned().or_else(|| env(name));
+    let outcome = Config::from_lookup(merged);
+    let mut problems = resolved.problems.clone();
+    match outcome {
+        Ok(config) if problems.is_empty() => return Ok(config),
+        Ok(_) => {}
+        Err(ConfigErrors(more)) => problems.extend(parameters::attribute_problems(more, &resolved)),
+    }
+    Err(ConfigErrors(problems))
 }
 
 async fn serve(config: Config, lambda: bool) -> Result<(), String> {
     let address = format!("{}:{}", config.server_host, config.server_port);
-    let state =
-        AppState::new(config).map_err(|e| format!("could not create the HTTP client: {e}"))?;
+    let store: Arc<dyn ConversationStore> = match &config.conversation_table {
+        Some(table) => {
+            Arc::new(DynamoStore::from_env(table.clone(), config.conversation_ttl).await)
+        }
+        None => {
+            tracing::info!(
+                "CONVERSATION_TABLE is not set: conversations are remembered in this process only (fine locally; set it on Lambda)"
+            );
+            Arc::new(MemoryStore::new(config.conversation_ttl))
+        }
+    };
+    tracing::info!("conversations: {}", store.describe());
+    let state = AppState::new(config, store)
+        .map_err(|e| format!("could not create the HTTP client: {e}"))?;
     let app = opendify::app(state);
 
     if lambda {

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::dify::DifyClient;
+use crate::store::ConversationStore;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -13,20 +14,26 @@ pub struct AppState {
 struct Inner {
     config: Config,
     dify: DifyClient,
+    store: Arc<dyn ConversationStore>,
     /// Reported as every model's `created`: the time this instance loaded its config.
     started_at: i64,
 }
 
 impl AppState {
-    pub fn new(config: Config) -> Result<Self, reqwest::Error> {
+    pub fn new(config: Config, store: Arc<dyn ConversationStore>) -> Result<Self, reqwest::Error> {
         let dify = DifyClient::new(config.dify_api_base.clone(), config.dify_timeout)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
                 dify,
+                store,
                 started_at: crate::unix_now(),
             }),
         })
+    }
+
+    pub fn store(&self) -> Arc<dyn ConversationStore> {
+        self.inner.store.clone()
     }
 
     pub fn config(&self) -> &Config {

@@ -229,3 +229,248 @@ fn stdout_stays_clean() {
     assert!(!child.wait().unwrap().success());
     assert!(out.is_empty(), "{out}");
 }
+
+async fn ask(url: &str, messages: serde_json::Value, chat_id: &str) -> (u16, String) {
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(PROXY_KEY)
+        .header("X-OpenWebUI-Chat-Id", chat_id)
+        .json(&json!({"model": "my-app", "messages": messages}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let v: serde_json::Value = r.json().await.unwrap();
+    (
+        status,
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    )
+}
+
+fn dynamo_vars(
+    dify: &FakeDify,
+    moto: &support::moto::Moto,
+    table: &str,
+) -> Vec<(&'static str, String)> {
+    let mut vars = valid_vars(dify);
+    vars.push(("CONVERSATION_TABLE", table.to_string()));
+    vars.extend(moto.env_vars());
+    vars
+}
+
+#[tokio::test]
+async fn conversation_continues_across_a_cold_start() {
+    let moto = support::moto::Moto::shared().await;
+    let table = moto.fresh_table().await;
+    let dify = FakeDify::start().await;
+    dify.set(APP_KEY, Scenario::answer_with_conversations("Hello Ada."));
+    let vars = dynamo_vars(&dify, moto, &table);
+
+    let first = start(&refs(&vars));
+    assert!(
+        first
+            .log()
+            .contains(&format!("conversations: dynamodb table {table}")),
+        "{}",
+        first.log()
+    );
+    let (status, a1) = ask(
+        &first.url,
+        json!([{"role":"user","content":"I am Ada."}]),
+        "cold-chat",
+    )
+    .await;
+    assert_eq!(status, 200);
+    drop(first); // the instance goes away
+
+    let second = start(&refs(&vars));
+    let history = json!([{"role":"user","content":"I am Ada."},{"role":"assistant","content":a1},{"role":"user","content":"Who am I?"}]);
+    let (status, _) = ask(&second.url, history, "cold-chat").await;
+    assert_eq!(status, 200);
+    let reqs = dify.requests();
+    let conversation = dify.conversation_ids(APP_KEY, "opendify")[0].clone();
+    assert_eq!(reqs[1].conversation_id(), Some(conversation.as_str()));
+    assert_eq!(reqs[1].query(), Some("Who am I?"));
+}
+
+#[tokio::test]
+async fn answers_keep_coming_when_dynamodb_goes_away() {
+    let moto = support::moto::Moto::start_owned().await;
+    let table = moto.fresh_table().await;
+    let dify = FakeDify::start().await;
+    dify.set(APP_KEY, Scenario::answer_with_conversations("Still here."));
+    let vars = dynamo_vars(&dify, &moto, &table);
+    let running = start(&refs(&vars));
+    let (status, a1) = ask(
+        &running.url,
+        json!([{"role":"user","content":"hi"}]),
+        "gone-chat",
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    moto.stop().await;
+    let history = json!([{"role":"user","content":"hi"},{"role":"assistant","content":a1},{"role":"user","content":"and now?"}]);
+    let started = Instant::now();
+    let (status, answer) = ask(&running.url, history, "gone-chat").await;
+    assert_eq!((status, answer.as_str()), (200, "Still here."));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "store failures are bounded: {:?}",
+        started.elapsed()
+    );
+    // A new conversation with the history folded in: nothing is lost.
+    let last = dify.requests().pop().unwrap();
+    assert_eq!(last.conversation_id(), None);
+    assert_eq!(
+        last.query(),
+        Some("User: hi\n\nAssistant: Still here.\n\nUser: and now?")
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = running.log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("conversation store"))
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one warning per request, with the cause:\n{log}"
+    );
+    assert!(
+        warnings[0].contains("could not look up the conversation"),
+        "{log}"
+    );
+}
+
+async fn put_parameter(moto: &support::moto::Moto, name: &str, value: &str) {
+    let config = aws_sdk_ssm::Config::builder()
+        .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
+        .region(aws_sdk_ssm::config::Region::new(support::moto::REGION))
+        .credentials_provider(aws_sdk_ssm::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .endpoint_url(moto.endpoint())
+        .build();
+    aws_sdk_ssm::Client::from_conf(config)
+        .put_parameter()
+        .name(name)
+        .value(value)
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .overwrite(true)
+        .send()
+        .await
+        .unwrap();
+}
+
+fn ssm_vars(moto: &support::moto::Moto) -> Vec<(&'static str, String)> {
+    let mut vars = moto.env_vars();
+    vars.push(("AWS_ENDPOINT_URL_SSM", moto.endpoint()));
+    vars
+}
+
+#[tokio::test]
+async fn secrets_can_come_from_ssm_parameters() {
+    let moto = support::moto::Moto::shared().await;
+    let prefix = format!("/opendify-test-{}", std::process::id());
+    put_parameter(
+        moto,
+        &format!("{prefix}/models"),
+        &format!(r#"{{"my-app":"{APP_KEY}"}}"#),
+    )
+    .await;
+    put_parameter(moto, &format!("{prefix}/keys"), PROXY_KEY).await;
+    let dify = FakeDify::start().await;
+    dify.set(APP_KEY, Scenario::replay("chat-app-stream.sse"));
+    let mut vars = ssm_vars(moto);
+    vars.push(("DIFY_API_BASE", dify.base_url()));
+    vars.push(("MODEL_CONFIG_PARAMETER", format!("{prefix}/models")));
+    vars.push(("PROXY_API_KEYS_PARAMETER", format!("{prefix}/keys")));
+    let running = start(&refs(&vars));
+
+    let client = reqwest::Client::new();
+    let r = client
+        .get(format!("{}/v1/models", running.url))
+        .bearer_auth(PROXY_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("my-app"));
+    let r = client
+        .post(format!("{}/v1/chat/completions", running.url))
+        .bearer_auth(PROXY_KEY)
+        .json(&json!({"model":"my-app","messages":[{"role":"user","content":"hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(dify.requests()[0].key, APP_KEY);
+    let log = running.log();
+    assert!(
+        log.contains(&format!(
+            "MODEL_CONFIG read from SSM parameter \"{prefix}/models\""
+        )),
+        "{log}"
+    );
+    assert!(!log.contains(APP_KEY) && !log.contains(PROXY_KEY), "{log}");
+}
+
+#[tokio::test]
+async fn unreadable_or_invalid_parameters_are_startup_problems() {
+    let moto = support::moto::Moto::shared().await;
+    let prefix = format!("/opendify-bad-{}", std::process::id());
+    put_parameter(
+        moto,
+        &format!("{prefix}/models"),
+        r#"{"my-app": "not-an-app-key-123456"}"#,
+    )
+    .await;
+    let mut vars = ssm_vars(moto);
+    vars.push(("DIFY_API_BASE", "https://api.dify.ai/v1".to_string()));
+    vars.push(("MODEL_CONFIG_PARAMETER", format!("{prefix}/models")));
+    vars.push(("PROXY_API_KEYS_PARAMETER", format!("{prefix}/missing")));
+    vars.push(("DIFY_TIMEOUT_SECONDS", "never".to_string()));
+    let out = command(&refs(&vars)).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("configuration is invalid (3 problems)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("PROXY_API_KEYS_PARAMETER names \"{prefix}/missing\", which does not exist in SSM Parameter Store")), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "MODEL_CONFIG (from SSM parameter \"{prefix}/models\") model \"my-app\": the key"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("DIFY_TIMEOUT_SECONDS is \"never\""),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not-an-app-key"), "{stderr}");
+}
+
+#[test]
+fn a_value_and_its_parameter_together_are_refused() {
+    let out = command(&[
+        ("DIFY_API_BASE", "https://api.dify.ai/v1"),
+        ("MODEL_CONFIG", r#"{"m":"app-xxxxxxxxxxxxxxxxxxxx"}"#),
+        ("MODEL_CONFIG_PARAMETER", "/x/models"),
+        ("ALLOW_UNAUTHENTICATED", "true"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ])
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("both MODEL_CONFIG and MODEL_CONFIG_PARAMETER are set: keep one of them"),
+        "{stderr}"
+    );
+}

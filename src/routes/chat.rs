@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -14,12 +14,14 @@ use serde_json::Map;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::conversation::ConversationLink;
+use crate::continuity::thread_for;
 use crate::dify::types::ChatMessageRequest;
 use crate::dify::{DifyClient, DifyError, EventStream};
 use crate::error::ApiError;
 use crate::openai::ChatCompletionRequest;
 use crate::state::AppState;
-use crate::translate::{Aggregator, ChunkMeta, Flow, StreamTranslator, to_turn};
+use crate::translate::{Aggregator, ChunkMeta, Flow, StreamTranslator, Turn, to_turn};
 
 /// Open WebUI's forwarded user header (sent with ENABLE_FORWARD_USER_INFO_HEADERS=true).
 const USER_HEADER: &str = "x-openwebui-user-id";
@@ -35,12 +37,13 @@ pub async fn create(State(state): State<AppState>, headers: HeaderMap, body: Bod
 
 async fn handle(state: AppState, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let bytes = read_body(body, state.config().max_request_bytes).await?;
+    let config = state.config();
+    let bytes = read_body(body, config.max_request_bytes).await?;
     let request = parse_request(&bytes)?;
-    let Some(model) = state.config().models.get(&request.model) else {
+    let Some(model) = config.models.get(&request.model) else {
         return Err(ApiError::ModelNotFound {
             model: request.model.clone(),
-            available: state.config().models.keys().cloned().collect(),
+            available: config.models.keys().cloned().collect(),
         });
     };
     let user_header = headers.get(USER_HEADER).and_then(|v| v.to_str().ok());
@@ -53,22 +56,51 @@ async fn handle(state: AppState, headers: HeaderMap, body: Body) -> Result<Respo
             .and_then(|o| o.include_usage)
             .unwrap_or(false);
 
-    let dify_request = ChatMessageRequest {
-        query: turn.folded_query(),
+    let chat_id = headers
+        .get(&config.chat_id_header)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| metadata_str(&request, "chat_id"));
+    let thread = thread_for(
+        &request.model,
+        &turn.user,
+        chat_id,
+        &turn.history,
+        &turn.message,
+        config.history_matching,
+    );
+    let mut link = ConversationLink::new(state.store(), thread, &request.model, &turn.user);
+    let continued = link.lookup().await;
+
+    let mut dify_request = ChatMessageRequest {
+        // Dify holds the history of a continued conversation: send only the new message.
+        query: if continued.is_some() {
+            turn.message.clone()
+        } else {
+            turn.folded_query()
+        },
         inputs: Map::new(),
         response_mode: "streaming",
         user: turn.user.clone(),
-        conversation_id: None,
+        conversation_id: continued,
     };
     let app_key = model.app_key.expose().to_string();
-    let upstream = state
-        .dify()
-        .chat_stream(&app_key, &dify_request)
-        .await
-        .map_err(|error| {
-            tracing::warn!(model = %request.model, error = %short(&error), "Dify refused the request");
-            ApiError::Dify { model: request.model.clone(), error }
-        })?;
+    let mut result = state.dify().chat_stream(&app_key, &dify_request).await;
+    if dify_request.conversation_id.is_some() && matches!(&result, Err(e) if conversation_gone(e)) {
+        // Deleted or expired in Dify: start over once, with the folded history, before
+        // anything has reached the client.
+        tracing::info!(model = %request.model, "Dify no longer has the stored conversation; starting a new one");
+        link.forget().await;
+        dify_request.conversation_id = None;
+        dify_request.query = turn.folded_query();
+        result = state.dify().chat_stream(&app_key, &dify_request).await;
+    }
+    let upstream = result.map_err(|error| {
+        tracing::warn!(model = %request.model, error = %short(&error), "Dify refused the request");
+        ApiError::Dify {
+            model: request.model.clone(),
+            error,
+        }
+    })?;
 
     let meta = ChunkMeta {
         id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
@@ -76,18 +108,41 @@ async fn handle(state: AppState, headers: HeaderMap, body: Body) -> Result<Respo
         model: request.model.clone(),
         include_usage,
     };
-    let task = TaskHandle {
-        dify: state.dify().clone(),
-        app_key,
-        user: turn.user,
-        task_id: None,
-        armed: true,
+    let answering = Answering {
+        task: TaskHandle {
+            dify: state.dify().clone(),
+            app_key,
+            user: turn.user.clone(),
+            task_id: None,
+            armed: true,
+        },
+        link,
+        turn,
+        started,
     };
     if stream {
-        Ok(stream_answer(state, upstream, meta, task, started))
+        Ok(stream_answer(state, upstream, meta, answering))
     } else {
-        aggregate_answer(state, upstream, meta, task, started).await
+        aggregate_answer(state, upstream, meta, answering).await
     }
+}
+
+fn metadata_str<'a>(request: &'a ChatCompletionRequest, field: &str) -> Option<&'a str> {
+    request.metadata.as_ref()?.get(field)?.as_str()
+}
+
+/// Dify's answers for a conversation that cannot be continued.
+fn conversation_gone(error: &DifyError) -> bool {
+    matches!(error, DifyError::Http { status: 404, code, .. } if code == "not_found")
+        || matches!(error, DifyError::Http { code, .. } if code == "conversation_completed")
+}
+
+/// What an answer in progress needs besides the event stream.
+struct Answering {
+    task: TaskHandle,
+    link: ConversationLink,
+    turn: Turn,
+    started: Instant,
 }
 
 /// Reads the body up to the configured limit.
@@ -219,27 +274,21 @@ fn stream_answer(
     state: AppState,
     upstream: EventStream,
     meta: ChunkMeta,
-    task: TaskHandle,
-    started: Instant,
+    answering: Answering,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<Bytes>(32);
     let translator = StreamTranslator::new(meta, state.dify().base().clone());
-    tokio::spawn(pump(upstream, translator, tx, task, started));
+    tokio::spawn(pump(upstream, translator, tx, answering));
     let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, Infallible>));
     let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
-        "text/event-stream; charset=utf-8"
-            .parse()
-            .expect("static header"),
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
     );
-    headers.insert(
-        header::CACHE_CONTROL,
-        "no-cache".parse().expect("static header"),
-    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Tells nginx-style proxies in front of a local run not to buffer the stream.
-    headers.insert("x-accel-buffering", "no".parse().expect("static header"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
 }
 
@@ -249,8 +298,7 @@ async fn pump(
     mut upstream: EventStream,
     mut translator: StreamTranslator,
     tx: mpsc::Sender<Bytes>,
-    mut task: TaskHandle,
-    started: Instant,
+    mut answering: Answering,
 ) {
     let mut events = Vec::new();
     let mut outputs = vec![translator.start()];
@@ -269,14 +317,24 @@ async fn pump(
             break;
         }
         if ended {
-            task.disarm();
-            let ms = started.elapsed().as_millis() as u64;
+            answering.task.disarm();
+            let ms = answering.started.elapsed().as_millis() as u64;
             match translator.error_code() {
-                None => tracing::info!(model = %translator.model(), ms, "stream complete"),
+                None => {
+                    answering.link.on_answer(
+                        translator.conversation_id(),
+                        &answering.turn.history,
+                        &answering.turn.message,
+                        translator.visible_text(),
+                    );
+                    tracing::info!(model = %translator.model(), ms, "stream complete");
+                }
                 Some(code) => {
                     tracing::warn!(model = %translator.model(), ms, code, "stream ended with an error event")
                 }
             }
+            // The client has everything; the body closes once the store writes are done.
+            answering.link.settle().await;
             return;
         }
         let more = tokio::select! {
@@ -293,7 +351,10 @@ async fn pump(
                     Flow::Stop
                 }
             };
-            task.learn(translator.task_id());
+            answering.task.learn(translator.task_id());
+            if let Some(conversation) = translator.conversation_id() {
+                answering.link.on_conversation(conversation);
+            }
             if flow == Flow::Stop {
                 ended = true;
                 break;
@@ -305,6 +366,7 @@ async fn pump(
         }
     }
     // The client is gone. If no frame has named the task yet, read on briefly for it.
+    let task = &mut answering.task;
     if task.task_id.is_none() {
         let _ = tokio::time::timeout(TASK_ID_GRACE, async {
             while upstream.next_batch(&mut events).await {
@@ -318,17 +380,17 @@ async fn pump(
         })
         .await;
     }
-    // Dropping `task` (still armed) stops the Dify task.
+    answering.link.settle().await;
+    // Dropping `answering.task` (still armed) stops the Dify task.
 }
 
 async fn aggregate_answer(
     state: AppState,
     mut upstream: EventStream,
     meta: ChunkMeta,
-    mut task: TaskHandle,
-    started: Instant,
+    mut answering: Answering,
 ) -> Result<Response, ApiError> {
-    // If the client disconnects, axum drops this future and `task` stops the Dify run.
+    // If the client disconnects, axum drops this future and the task handle stops the run.
     let mut aggregator = Aggregator::new(state.dify().base().clone());
     let mut events = Vec::new();
     'read: loop {
@@ -337,7 +399,10 @@ async fn aggregate_answer(
             match item {
                 Ok(event) => {
                     let flow = aggregator.on_event(event);
-                    task.learn(aggregator.task_id());
+                    answering.task.learn(aggregator.task_id());
+                    if let Some(conversation) = aggregator.conversation_id() {
+                        answering.link.on_conversation(conversation);
+                    }
                     if flow == Flow::Stop {
                         break 'read;
                     }
@@ -352,23 +417,34 @@ async fn aggregate_answer(
             break;
         }
     }
-    task.disarm();
-    match aggregator.finish(&meta) {
+    answering.task.disarm();
+    let conversation = aggregator.conversation_id().map(str::to_string);
+    let response = match aggregator.finish(&meta) {
         Ok(completion) => {
-            tracing::info!(model = %meta.model, ms = started.elapsed().as_millis() as u64, tokens = completion.usage.total_tokens, "answer complete");
-            Ok((StatusCode::OK, axum::Json(completion)).into_response())
+            answering.link.on_answer(
+                conversation.as_deref(),
+                &answering.turn.history,
+                &answering.turn.message,
+                &completion.choices[0].message.content,
+            );
+            tracing::info!(
+                model = %meta.model,
+                ms = answering.started.elapsed().as_millis() as u64,
+                tokens = completion.usage.total_tokens,
+                "answer complete"
+            );
+            (StatusCode::OK, axum::Json(completion)).into_response()
         }
         Err(error) => {
             tracing::warn!(model = %meta.model, error = %short(&error), "Dify failed mid-answer");
-            let mut client = crate::error::from_dify(&meta.model, &error, true);
             // The run had started: a retry would replay it.
-            client.should_retry = Some(false);
-            Ok(client.into_response())
+            crate::error::from_dify(&meta.model, &error, true).into_response()
         }
-    }
+    };
+    answering.link.settle().await;
+    Ok(response)
 }
 
-/// Log form of a Dify error: code and status only at info/warn, since Dify's messages can
 /// echo request content.
 fn short(error: &DifyError) -> String {
     match error {

@@ -2,15 +2,20 @@
 
 mod auth;
 mod chat;
+mod conversation;
 mod models;
 
 use axum::Router;
 use axum::extract::Request;
-use axum::http::{HeaderValue, Method, Uri};
+use std::time::Duration;
+
+use axum::http::{HeaderName, HeaderValue, Method, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
+use crate::config::Cors;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -31,8 +36,34 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             auth::require_key,
         ))
+        // Outside auth: browsers send preflights without credentials.
+        .layer(cors_layer(&state.config().cors))
         .layer(middleware::from_fn(request_log))
         .with_state(state)
+}
+
+/// CORS for browser clients (Open WebUI direct connections, the SDKs in a browser).
+/// Preflights are answered here, before the key check; every answer, errors and streams
+/// included, carries the allow-origin header and exposes the headers clients read.
+fn cors_layer(cors: &Cors) -> CorsLayer {
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        // Echoing the requested headers covers Authorization, which a bare `*` does not.
+        .allow_headers(AllowHeaders::mirror_request())
+        .expose_headers([
+            HeaderName::from_static("x-request-id"),
+            HeaderName::from_static("x-should-retry"),
+            header::RETRY_AFTER,
+        ])
+        .max_age(Duration::from_secs(86_400));
+    match cors {
+        Cors::AnyOrigin => layer.allow_origin(AllowOrigin::any()),
+        Cors::Origins(origins) => layer.allow_origin(AllowOrigin::list(
+            origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()),
+        )),
+        // An empty list matches no origin: no CORS headers, preflights go to auth (401).
+        Cors::Disabled => CorsLayer::new(),
+    }
 }
 
 async fn not_found(uri: Uri) -> ApiError {

@@ -71,6 +71,8 @@ pub struct StreamTranslator {
     task_id: Option<String>,
     conversation_id: Option<String>,
     error_code: Option<String>,
+    /// Every content delta sent so far: the answer as the client will send it back.
+    visible: String,
 }
 
 impl StreamTranslator {
@@ -86,7 +88,13 @@ impl StreamTranslator {
             task_id: None,
             conversation_id: None,
             error_code: None,
+            visible: String::new(),
         }
+    }
+
+    /// The concatenated content the client received.
+    pub fn visible_text(&self) -> &str {
+        &self.visible
     }
 
     /// The client-facing error code the stream ended with, if it failed.
@@ -200,7 +208,8 @@ impl StreamTranslator {
         out.push(Output::Error(body));
     }
 
-    fn content(&self, text: String) -> Output {
+    fn content(&mut self, text: String) -> Output {
+        self.visible.push_str(&text);
         Output::Chunk(self.chunk(
             Delta {
                 role: None,

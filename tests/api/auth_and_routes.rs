@@ -128,3 +128,120 @@ async fn responses_carry_a_request_id() {
         .unwrap();
     assert!(r.headers().contains_key("x-request-id"));
 }
+
+#[tokio::test]
+async fn browser_preflight_is_answered_without_a_key() {
+    let app = spawn_app().await;
+    let r = app
+        .client
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/v1/chat/completions", app.url),
+        )
+        .header("origin", "https://chat.example.com")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type, x-stainless-os",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let h = r.headers();
+    assert_eq!(h["access-control-allow-origin"], "*");
+    let allowed = h["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(
+        allowed.contains("authorization") && allowed.contains("content-type"),
+        "{allowed}"
+    );
+    assert!(
+        h["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST")
+    );
+    assert!(h.contains_key("access-control-max-age"));
+}
+
+#[tokio::test]
+async fn cors_headers_are_on_answers_errors_and_streams() {
+    let app = spawn_app().await;
+    app.dify.set(
+        APP_KEY,
+        crate::support::Scenario::replay("chat-app-stream.sse"),
+    );
+    let origin = "https://chat.example.com";
+    let ok = app
+        .client
+        .get(format!("{}/v1/models", app.url))
+        .bearer_auth(PROXY_KEY)
+        .header("origin", origin)
+        .send()
+        .await
+        .unwrap();
+    let denied = app
+        .client
+        .get(format!("{}/v1/models", app.url))
+        .header("origin", origin)
+        .send()
+        .await
+        .unwrap();
+    let stream = app
+        .post_chat(&streaming("hi"))
+        .header("origin", origin)
+        .send()
+        .await
+        .unwrap();
+    for r in [&ok, &denied, &stream] {
+        assert_eq!(
+            r.headers()["access-control-allow-origin"],
+            "*",
+            "{}",
+            r.status()
+        );
+        let exposed = r.headers()["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .to_ascii_lowercase();
+        assert!(
+            exposed.contains("x-request-id") && exposed.contains("retry-after"),
+            "{exposed}"
+        );
+    }
+    assert_eq!(denied.status(), 401);
+}
+
+#[tokio::test]
+async fn cors_origins_can_be_restricted_or_disabled() {
+    let app = spawn_app_with(&[("CORS_ALLOW_ORIGINS", "https://chat.example.com")]).await;
+    let get = |origin: &'static str| {
+        app.client
+            .get(format!("{}/v1/models", app.url))
+            .bearer_auth(PROXY_KEY)
+            .header("origin", origin)
+            .send()
+    };
+    let allowed = get("https://chat.example.com").await.unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://chat.example.com"
+    );
+    let other = get("https://evil.example.net").await.unwrap();
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
+
+    let off = spawn_app_with(&[("CORS_ALLOW_ORIGINS", "none")]).await;
+    let r = off
+        .client
+        .get(format!("{}/v1/models", off.url))
+        .bearer_auth(PROXY_KEY)
+        .header("origin", "https://a.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+}

@@ -25,6 +25,18 @@ pub async fn spawn_app() -> TestApp {
 
 /// Extra variables override the defaults; an empty value removes one.
 pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
+    spawn_app_on(overrides, None).await
+}
+
+/// The app with its conversations in a fresh table of the shared moto DynamoDB server.
+pub async fn spawn_app_dynamo(overrides: &[(&str, &str)]) -> (TestApp, String) {
+    let moto = crate::support::moto::Moto::shared().await;
+    let table = moto.fresh_table().await;
+    let app = spawn_app_on(overrides, Some(&table)).await;
+    (app, table)
+}
+
+async fn spawn_app_on(overrides: &[(&str, &str)], table: Option<&str>) -> TestApp {
     let dify = FakeDify::start().await;
     let mut vars: HashMap<String, String> = HashMap::from([
         ("DIFY_API_BASE".to_string(), dify.base_url()),
@@ -42,7 +54,14 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
     }
     let config = opendify::Config::from_lookup(|name| vars.get(name).cloned())
         .expect("test config is valid");
-    let state = opendify::AppState::new(config).unwrap();
+    let store: std::sync::Arc<dyn opendify::store::ConversationStore> = match table {
+        Some(table) => {
+            let moto = crate::support::moto::Moto::shared().await;
+            std::sync::Arc::new(moto.store(table, config.conversation_ttl))
+        }
+        None => std::sync::Arc::new(opendify::store::MemoryStore::new(config.conversation_ttl)),
+    };
+    let state = opendify::AppState::new(config, store).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, opendify::app(state)).await });

@@ -10,4 +10,5 @@ mod auth_and_routes;
 mod chat_blocking;
 mod chat_errors;
 mod chat_stream;
+mod conversations;
 mod models;

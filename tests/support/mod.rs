@@ -6,4 +6,5 @@
 
 pub mod fake_dify;
 pub mod lambda_runtime;
+pub mod moto;
 pub use fake_dify::*;

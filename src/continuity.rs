@@ -1,0 +1,205 @@
+//! Which Dify conversation a request continues: the store keys for a chat id or for the
+//! conversation so far, and the requests that must stay out of any conversation. Pure
+//! functions; the store itself is I/O in `crate::store`.
+//!
+//! Keys are SHA-256 digests, so the table holds no user id, chat id or message text.
+
+use sha2::{Digest, Sha256};
+
+use crate::openai::Role;
+
+/// Open WebUI's background tasks (title, tags, follow-ups, queries) start their prompt
+/// with this. They reuse the chat id but must not become turns of the user's conversation.
+const TASK_PREFIX: &str = "### Task:";
+
+/// What identifies the conversation a request belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Thread {
+    /// An Open WebUI background task: no conversation, nothing stored.
+    Detached,
+    /// Keyed by the client's chat id.
+    Chat { key: String },
+    /// Keyed by the conversation so far (clients that send no chat id). `lookup` is None
+    /// for a first turn (no earlier messages).
+    History { lookup: Option<String> },
+    /// No chat id and history matching switched off.
+    None,
+}
+
+pub fn is_background_task(message: &str) -> bool {
+    message.trim_start().starts_with(TASK_PREFIX)
+}
+
+/// Decides how a request is threaded.
+pub fn thread_for(
+    model: &str,
+    user: &str,
+    chat_id: Option<&str>,
+    history: &[(Role, String)],
+    message: &str,
+    history_matching: bool,
+) -> Thread {
+    if is_background_task(message) {
+        return Thread::Detached;
+    }
+    match chat_id.map(str::trim).filter(|c| !c.is_empty()) {
+        Some(chat_id) => Thread::Chat {
+            key: chat_key(model, user, chat_id),
+        },
+        None if history_matching => Thread::History {
+            lookup: (!history.is_empty())
+                .then(|| history_key(model, user, history.iter().map(|(r, t)| (*r, t.as_str())))),
+        },
+        None => Thread::None,
+    }
+}
+
+/// Key for (model, user, chat id). Each part is length-prefixed so no two different
+/// triples can produce the same input.
+pub fn chat_key(model: &str, user: &str, chat_id: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [model, user, chat_id] {
+        absorb(&mut h, part);
+    }
+    format!("chat#{}", hex(&h.finalize()))
+}
+
+/// Key for (model, user, messages). Messages are normalised so that cosmetic differences
+/// a client may introduce when it sends the history back do not break the match:
+/// whitespace runs count as one space, leading and trailing whitespace is ignored, and
+/// `developer` counts as `system` (Open WebUI renames one to the other per model). Empty
+/// messages are skipped, as they are when folding.
+pub fn history_key<'a>(
+    model: &str,
+    user: &str,
+    messages: impl Iterator<Item = (Role, &'a str)>,
+) -> String {
+    let mut h = Sha256::new();
+    absorb(&mut h, model);
+    absorb(&mut h, user);
+    let mut normalised = String::new();
+    for (role, text) in messages {
+        normalised.clear();
+        for word in text.split_whitespace() {
+            if !normalised.is_empty() {
+                normalised.push(' ');
+            }
+            normalised.push_str(word);
+        }
+        if normalised.is_empty() {
+            continue;
+        }
+        let role = match role {
+            Role::Developer => Role::System,
+            other => other,
+        };
+        absorb(&mut h, role.label());
+        absorb(&mut h, &normalised);
+    }
+    format!("hist#{}", hex(&h.finalize()))
+}
+
+fn absorb(h: &mut Sha256, part: &str) {
+    h.update((part.len() as u64).to_le_bytes());
+    h.update(part.as_bytes());
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(messages: &[(Role, &str)]) -> String {
+        history_key("m", "u", messages.iter().copied())
+    }
+
+    #[test]
+    fn chat_keys_separate_model_user_and_chat() {
+        let k = chat_key("m", "u", "c");
+        assert!(k.starts_with("chat#") && k.len() == 5 + 64);
+        assert_ne!(k, chat_key("m2", "u", "c"));
+        assert_ne!(k, chat_key("m", "u2", "c"));
+        assert_ne!(k, chat_key("m", "u", "c2"));
+        // Length prefixes: shifting a boundary changes the key.
+        assert_ne!(chat_key("ab", "c", "d"), chat_key("a", "bc", "d"));
+        assert!(!k.contains('u') || !k.contains("#u"));
+    }
+
+    #[test]
+    fn history_keys_ignore_cosmetic_whitespace_and_developer_renames() {
+        let a = h(&[
+            (Role::System, "Be brief."),
+            (Role::User, "Hi  there"),
+            (Role::Assistant, "Hello!\n"),
+        ]);
+        assert_eq!(
+            a,
+            h(&[
+                (Role::Developer, " Be brief."),
+                (Role::User, "Hi there"),
+                (Role::Assistant, "Hello!")
+            ])
+        );
+        assert_ne!(
+            a,
+            h(&[
+                (Role::System, "Be brief."),
+                (Role::User, "Hi there"),
+                (Role::Assistant, "Hello?")
+            ])
+        );
+        assert_ne!(
+            a,
+            h(&[
+                (Role::User, "Be brief."),
+                (Role::User, "Hi there"),
+                (Role::Assistant, "Hello!")
+            ])
+        );
+        assert_eq!(
+            h(&[(Role::User, "x"), (Role::Assistant, "  ")]),
+            h(&[(Role::User, "x")])
+        );
+        assert_ne!(
+            history_key("m", "u", std::iter::once((Role::User, "x"))),
+            history_key("m", "v", std::iter::once((Role::User, "x")))
+        );
+    }
+
+    #[test]
+    fn threading_decisions() {
+        let history = vec![
+            (Role::User, "a".to_string()),
+            (Role::Assistant, "b".to_string()),
+        ];
+        assert_eq!(
+            thread_for(
+                "m",
+                "u",
+                Some("c1"),
+                &history,
+                "### Task:\nGenerate a title",
+                true
+            ),
+            Thread::Detached
+        );
+        assert!(
+            matches!(thread_for("m", "u", Some(" c1 "), &history, "next", true), Thread::Chat { key } if key == chat_key("m", "u", "c1"))
+        );
+        assert!(matches!(
+            thread_for("m", "u", Some(""), &[], "first", true),
+            Thread::History { lookup: None }
+        ));
+        assert!(matches!(
+            thread_for("m", "u", None, &history, "next", true),
+            Thread::History { lookup: Some(_) }
+        ));
+        assert_eq!(
+            thread_for("m", "u", None, &history, "next", false),
+            Thread::None
+        );
+    }
+}

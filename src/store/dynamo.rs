@@ -1,0 +1,531 @@
+//! The store in a DynamoDB table.
+//!
+//! Item schema (one item per key; no message text, ever):
+//!
+//! | attribute         | type | meaning                                                         |
+//! |-------------------|------|-----------------------------------------------------------------|
+//! | `pk`              | S    | partition key: the opaque key the caller derived               |
+//! | `conversation_id` | S    | the Dify conversation id                                        |
+//! | `expires_at`      | N    | Unix seconds, write/refresh time + TTL; the table's TTL attribute |
+//! | `updated_at`      | N    | Unix seconds of the last write or refresh                       |
+//!
+//! The table needs only the `pk` (S) hash key and TTL enabled on `expires_at`. DynamoDB
+//! deletes expired items lazily (up to days later), so every read and condition here also
+//! treats `expires_at <= now` as absent. An item missing `conversation_id` or `expires_at`
+//! counts as absent too.
+//!
+//! Permissions used: `GetItem`, `PutItem`, `UpdateItem`, `DeleteItem` on the table.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::retry::RetryConfig;
+use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+
+use super::{BoxFuture, ConversationStore, PutOutcome, StoreError};
+
+/// The budget below keeps a broken DynamoDB from costing a chat request more than about
+/// 2.5 s: two attempts of at most 1 s each, a short backoff between them, and an overall
+/// cap. A closed port fails each attempt at once, so that case costs milliseconds.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+pub const OPERATION_TIMEOUT: Duration = Duration::from_millis(2500);
+pub const MAX_ATTEMPTS: u32 = 2;
+const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_millis(200);
+/// Our own cap around each call, in case something outside the SDK's operation timeout
+/// (such as credential resolution) hangs.
+const HARD_CAP: Duration = Duration::from_millis(3000);
+
+/// TTLs are clamped to [1 s, a century]: zero would expire items as they are written.
+const MAX_TTL_SECS: u64 = 100 * 365 * 24 * 3600;
+
+/// Longest cause string kept from an SDK error; the full chain can be kilobytes.
+const MAX_CAUSE: usize = 300;
+
+const PK: &str = "pk";
+const CONVERSATION_ID: &str = "conversation_id";
+const EXPIRES_AT: &str = "expires_at";
+const UPDATED_AT: &str = "updated_at";
+
+/// Absent, expired or malformed: anything a first turn may overwrite.
+const NOT_LIVE: &str = "attribute_not_exists(pk) OR attribute_not_exists(conversation_id) \
+     OR attribute_not_exists(expires_at) OR expires_at <= :now";
+
+/// The store's timeouts, for any DynamoDB client it uses.
+pub fn timeout_config() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+        .operation_timeout(OPERATION_TIMEOUT)
+        .build()
+}
+
+/// The store's retries: two attempts with a short backoff (the SDK default is three
+/// attempts with up to 20 s of backoff).
+pub fn retry_config() -> RetryConfig {
+    RetryConfig::standard()
+        .with_max_attempts(MAX_ATTEMPTS)
+        .with_initial_backoff(INITIAL_BACKOFF)
+        .with_max_backoff(MAX_BACKOFF)
+}
+
+/// Applies [`timeout_config`] and [`retry_config`] to a client configuration.
+pub fn with_budget(
+    builder: aws_sdk_dynamodb::config::Builder,
+) -> aws_sdk_dynamodb::config::Builder {
+    builder
+        .timeout_config(timeout_config())
+        .retry_config(retry_config())
+}
+
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+    ttl_secs: i64,
+}
+
+impl DynamoStore {
+    /// Uses `client` as configured; build it with [`with_budget`] to keep the store's
+    /// failure latency bounded.
+    pub fn new(client: Client, table: String, ttl: Duration) -> Self {
+        let ttl_secs = ttl.as_secs().clamp(1, MAX_TTL_SECS) as i64;
+        Self {
+            client,
+            table,
+            ttl_secs,
+        }
+    }
+
+    /// Loads the AWS configuration once (call at cold start, not per request): region and
+    /// credentials from the standard chain, endpoint from `AWS_ENDPOINT_URL_DYNAMODB` or
+    /// `AWS_ENDPOINT_URL` when set, then the store's timeouts and retries.
+    pub async fn from_env(table: String, ttl: Duration) -> Self {
+        let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .load()
+            .await;
+        let config = with_budget(aws_sdk_dynamodb::config::Builder::from(&shared)).build();
+        Self::new(Client::from_conf(config), table, ttl)
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    fn item(&self, key: &str, conversation_id: &str, now: i64) -> HashMap<String, AttributeValue> {
+        HashMap::from([
+            (PK.to_string(), AttributeValue::S(key.to_string())),
+            (
+                CONVERSATION_ID.to_string(),
+                AttributeValue::S(conversation_id.to_string()),
+            ),
+            (EXPIRES_AT.to_string(), number(now + self.ttl_secs)),
+            (UPDATED_AT.to_string(), number(now)),
+        ])
+    }
+
+    async fn get_item(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let out = bounded(
+            self.client
+                .get_item()
+                .table_name(&self.table)
+                .key(PK, AttributeValue::S(key.to_string()))
+                // A turn that follows right after the first must see its mapping.
+                .consistent_read(true)
+                .send(),
+        )
+        .await?
+        .map_err(classify)?;
+        Ok(out
+            .item()
+            .and_then(|item| live_conversation(item, crate::unix_now())))
+    }
+
+    async fn put_new_item(
+        &self,
+        key: &str,
+        conversation_id: &str,
+    ) -> Result<PutOutcome, StoreError> {
+        // Twice at most: the second pass only runs when the winner vanished (deleted or
+        // expired) between our failed condition and the read that looked for it.
+        for _ in 0..2 {
+            let now = crate::unix_now();
+            let result = bounded(
+                self.client
+                    .put_item()
+                    .table_name(&self.table)
+                    .set_item(Some(self.item(key, conversation_id, now)))
+                    .condition_expression(NOT_LIVE)
+                    .expression_attribute_values(":now", number(now))
+                    // The loser learns the winner's id from the failure itself.
+                    .return_values_on_condition_check_failure(
+                        ReturnValuesOnConditionCheckFailure::AllOld,
+                    )
+                    .send(),
+            )
+            .await?;
+            let err = match result {
+                Ok(_) => return Ok(PutOutcome::Stored),
+                Err(err) => err,
+            };
+            let winner = match err.as_service_error() {
+                Some(PutItemError::ConditionalCheckFailedException(ccf)) => {
+                    ccf.item().and_then(|item| string(item, CONVERSATION_ID))
+                }
+                _ => return Err(classify(err)),
+            };
+            // The failed condition says the old item was live, whatever its expires_at
+            // looks like to us.
+            if let Some(id) = winner {
+                return Ok(PutOutcome::Exists(id));
+            }
+            // Servers that ignore ALL_OLD: read the winner instead.
+            if let Some(id) = self.get_item(key).await? {
+                return Ok(PutOutcome::Exists(id));
+            }
+        }
+        Err(StoreError::Other(
+            "conditional create failed but no live item was found".to_string(),
+        ))
+    }
+
+    async fn put_item(&self, key: &str, conversation_id: &str) -> Result<(), StoreError> {
+        bounded(
+            self.client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(self.item(key, conversation_id, crate::unix_now())))
+                .send(),
+        )
+        .await?
+        .map(|_| ())
+        .map_err(classify)
+    }
+
+    async fn touch_item(&self, key: &str, conversation_id: &str) -> Result<(), StoreError> {
+        let now = crate::unix_now();
+        let result = bounded(
+            self.client
+                .update_item()
+                .table_name(&self.table)
+                .key(PK, AttributeValue::S(key.to_string()))
+                .update_expression("SET expires_at = :exp, updated_at = :now")
+                // Without a condition UpdateItem would create a missing item; requiring a
+                // live item with our id also keeps an expired one from coming back.
+                .condition_expression("conversation_id = :cid AND expires_at > :now")
+                .expression_attribute_values(":exp", number(now + self.ttl_secs))
+                .expression_attribute_values(":now", number(now))
+                .expression_attribute_values(":cid", AttributeValue::S(conversation_id.to_string()))
+                .send(),
+        )
+        .await?;
+        match result {
+            Ok(_) => Ok(()),
+            Err(err) => match err.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(_)) => Ok(()),
+                _ => Err(classify(err)),
+            },
+        }
+    }
+
+    async fn delete_item(&self, key: &str, conversation_id: &str) -> Result<(), StoreError> {
+        let result = bounded(
+            self.client
+                .delete_item()
+                .table_name(&self.table)
+                .key(PK, AttributeValue::S(key.to_string()))
+                .condition_expression("conversation_id = :cid")
+                .expression_attribute_values(":cid", AttributeValue::S(conversation_id.to_string()))
+                .send(),
+        )
+        .await?;
+        match result {
+            Ok(_) => Ok(()),
+            Err(err) => match err.as_service_error() {
+                Some(DeleteItemError::ConditionalCheckFailedException(_)) => Ok(()),
+                _ => Err(classify(err)),
+            },
+        }
+    }
+}
+
+impl ConversationStore for DynamoStore {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        Box::pin(self.get_item(key))
+    }
+
+    fn put_new<'a>(
+        &'a self,
+        key: &'a str,
+        conversation_id: &'a str,
+    ) -> BoxFuture<'a, Result<PutOutcome, StoreError>> {
+        Box::pin(self.put_new_item(key, conversation_id))
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        conversation_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.put_item(key, conversation_id))
+    }
+
+    fn touch<'a>(
+        &'a self,
+        key: &'a str,
+        conversation_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.touch_item(key, conversation_id))
+    }
+
+    fn delete<'a>(
+        &'a self,
+        key: &'a str,
+        conversation_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.delete_item(key, conversation_id))
+    }
+
+    fn describe(&self) -> String {
+        format!("dynamodb table {}", self.table)
+    }
+}
+
+async fn bounded<T>(call: impl Future<Output = T>) -> Result<T, StoreError> {
+    tokio::time::timeout(HARD_CAP, call)
+        .await
+        .map_err(|_| StoreError::Unavailable(format!("no answer within {HARD_CAP:?}")))
+}
+
+fn number(n: i64) -> AttributeValue {
+    AttributeValue::N(n.to_string())
+}
+
+fn string(item: &HashMap<String, AttributeValue>, name: &str) -> Option<String> {
+    match item.get(name) {
+        Some(AttributeValue::S(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// The item's conversation id if it has one and has not expired at `now`.
+fn live_conversation(item: &HashMap<String, AttributeValue>, now: i64) -> Option<String> {
+    let expires_at = match item.get(EXPIRES_AT) {
+        Some(AttributeValue::N(n)) => parse_number(n)?,
+        _ => return None,
+    };
+    if expires_at <= now as f64 {
+        return None;
+    }
+    string(item, CONVERSATION_ID)
+}
+
+/// DynamoDB numbers are decimal strings; we write integers, but accept any number a
+/// person might have written by hand.
+fn parse_number(n: &str) -> Option<f64> {
+    n.trim().parse::<f64>().ok().filter(|v| v.is_finite())
+}
+
+/// Maps an SDK failure to the store's error kinds. Service messages can name the table
+/// and the caller's role, never a credential or an item's values.
+fn classify<E>(err: SdkError<E>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match &err {
+        SdkError::TimeoutError(_) => StoreError::Unavailable("timed out".to_string()),
+        SdkError::DispatchFailure(failure) if failure.is_timeout() || failure.is_io() => {
+            StoreError::Unavailable(cause(&err))
+        }
+        // Not the network: no credentials in the chain, no region, a bad endpoint URL.
+        SdkError::DispatchFailure(_) => {
+            let cause = cause(&err);
+            let lower = cause.to_ascii_lowercase();
+            if lower.contains("credential") || lower.contains("identity") {
+                StoreError::AccessDenied(cause)
+            } else {
+                StoreError::Other(cause)
+            }
+        }
+        // A body the SDK could not parse: usually a proxy or gateway page.
+        SdkError::ResponseError(response) => StoreError::Unavailable(format!(
+            "unreadable response (HTTP {})",
+            response.raw().status().as_u16()
+        )),
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            let code = service.err().code().unwrap_or("");
+            let message = truncate(service.err().message().unwrap_or(""));
+            let cause = if code.is_empty() {
+                format!("HTTP {status}: {message}")
+            } else {
+                format!("{code}: {message}")
+            };
+            classify_service(code, status, cause)
+        }
+        // Missing region, unresolvable credentials, an invalid request.
+        _ => StoreError::Other(cause(&err)),
+    }
+}
+
+fn classify_service(code: &str, status: u16, cause: String) -> StoreError {
+    match code {
+        "ThrottlingException"
+        | "ProvisionedThroughputExceededException"
+        | "RequestLimitExceeded"
+        | "TooManyRequestsException" => StoreError::Throttled(cause),
+        "AccessDeniedException"
+        | "UnrecognizedClientException"
+        | "InvalidSignatureException"
+        | "IncompleteSignature"
+        | "MissingAuthenticationToken"
+        | "ExpiredTokenException"
+        | "InvalidClientTokenId" => StoreError::AccessDenied(cause),
+        _ if status >= 500 => StoreError::Unavailable(cause),
+        _ if status == 403 => StoreError::AccessDenied(cause),
+        _ if status == 429 => StoreError::Throttled(cause),
+        _ => StoreError::Other(cause),
+    }
+}
+
+/// The error's `Display` chain, "outer: inner: root" (the SDK's own `DisplayErrorContext`
+/// appends a long `Debug` dump).
+fn cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        let part = inner.to_string();
+        // Some layers repeat their source in their own message.
+        if !part.is_empty() && !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = inner.source();
+    }
+    // One log line: the credential chain's report spans several.
+    truncate(&text.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+fn truncate(s: &str) -> String {
+    match s.char_indices().nth(MAX_CAUSE) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(pairs: &[(&str, AttributeValue)]) -> HashMap<String, AttributeValue> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn live_only_before_expiry() {
+        let i = item(&[
+            (CONVERSATION_ID, AttributeValue::S("c".into())),
+            (EXPIRES_AT, AttributeValue::N("100".into())),
+        ]);
+        assert_eq!(live_conversation(&i, 99).as_deref(), Some("c"));
+        assert_eq!(live_conversation(&i, 100), None);
+        assert_eq!(live_conversation(&i, 101), None);
+    }
+
+    #[test]
+    fn malformed_items_are_absent() {
+        let no_expiry = item(&[(CONVERSATION_ID, AttributeValue::S("c".into()))]);
+        assert_eq!(live_conversation(&no_expiry, 0), None);
+        let string_expiry = item(&[
+            (CONVERSATION_ID, AttributeValue::S("c".into())),
+            (EXPIRES_AT, AttributeValue::S("999".into())),
+        ]);
+        assert_eq!(live_conversation(&string_expiry, 0), None);
+        let no_id = item(&[(EXPIRES_AT, AttributeValue::N("999".into()))]);
+        assert_eq!(live_conversation(&no_id, 0), None);
+        let junk = item(&[
+            (CONVERSATION_ID, AttributeValue::S("c".into())),
+            (EXPIRES_AT, AttributeValue::N("soon".into())),
+        ]);
+        assert_eq!(live_conversation(&junk, 0), None);
+    }
+
+    #[test]
+    fn decimal_expiry_is_accepted() {
+        let i = item(&[
+            (CONVERSATION_ID, AttributeValue::S("c".into())),
+            (EXPIRES_AT, AttributeValue::N("1.5E2".into())),
+        ]);
+        assert_eq!(live_conversation(&i, 149).as_deref(), Some("c"));
+        assert_eq!(live_conversation(&i, 150), None);
+    }
+
+    #[test]
+    fn service_codes_map_to_kinds() {
+        let c = || "x".to_string();
+        assert!(matches!(
+            classify_service("ProvisionedThroughputExceededException", 400, c()),
+            StoreError::Throttled(_)
+        ));
+        assert!(matches!(
+            classify_service("ThrottlingException", 400, c()),
+            StoreError::Throttled(_)
+        ));
+        assert!(matches!(
+            classify_service("AccessDeniedException", 400, c()),
+            StoreError::AccessDenied(_)
+        ));
+        assert!(matches!(
+            classify_service("UnrecognizedClientException", 400, c()),
+            StoreError::AccessDenied(_)
+        ));
+        assert!(matches!(
+            classify_service("InternalServerError", 500, c()),
+            StoreError::Unavailable(_)
+        ));
+        assert!(matches!(
+            classify_service("", 503, c()),
+            StoreError::Unavailable(_)
+        ));
+        assert!(matches!(
+            classify_service("ResourceNotFoundException", 400, c()),
+            StoreError::Other(_)
+        ));
+        assert!(matches!(
+            classify_service("ValidationException", 400, c()),
+            StoreError::Other(_)
+        ));
+    }
+
+    #[test]
+    fn ttl_is_clamped() {
+        let client = Client::from_conf(
+            aws_sdk_dynamodb::Config::builder()
+                .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+                .build(),
+        );
+        let zero = DynamoStore::new(client.clone(), "t".into(), Duration::ZERO);
+        assert_eq!(zero.ttl_secs, 1);
+        let huge = DynamoStore::new(client, "t".into(), Duration::MAX);
+        assert_eq!(huge.ttl_secs, MAX_TTL_SECS as i64);
+        assert_eq!(huge.describe(), "dynamodb table t");
+    }
+
+    #[test]
+    fn causes_are_truncated_on_char_boundaries() {
+        let long = "é".repeat(MAX_CAUSE + 10);
+        let t = truncate(&long);
+        assert_eq!(t.chars().count(), MAX_CAUSE + 1);
+        assert_eq!(truncate("short"), "short");
+    }
+}

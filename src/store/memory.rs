@@ -1,0 +1,297 @@
+//! A store in process memory, for local runs without a table. Same semantics as
+//! [`super::DynamoStore`]; lost on restart and not shared between instances.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::{BoxFuture, ConversationStore, PutOutcome, StoreError};
+
+/// Below this many entries no sweep runs; above it, one runs each time the map doubles,
+/// so expired entries cost amortised O(1) per write and memory stays bounded.
+const MIN_SWEEP: usize = 1024;
+
+/// TTLs are clamped to this (a century) so `Instant` arithmetic cannot overflow.
+const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+pub struct MemoryStore {
+    ttl: Duration,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    entries: HashMap<String, Entry>,
+    sweep_at: usize,
+}
+
+struct Entry {
+    conversation_id: String,
+    expires_at: Instant,
+}
+
+impl Entry {
+    fn live(&self, now: Instant) -> bool {
+        self.expires_at > now
+    }
+}
+
+impl MemoryStore {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl: ttl.min(MAX_TTL),
+            inner: Mutex::new(Inner {
+                entries: HashMap::new(),
+                sweep_at: MIN_SWEEP,
+            }),
+        }
+    }
+
+    /// Nothing panics while the lock is held, but a poisoned map is still a valid map.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn entry(&self, conversation_id: &str, now: Instant) -> Entry {
+        Entry {
+            conversation_id: conversation_id.to_string(),
+            expires_at: now.checked_add(self.ttl).unwrap_or(now),
+        }
+    }
+
+    fn get_now(&self, key: &str) -> Option<String> {
+        let now = Instant::now();
+        let inner = self.lock();
+        inner
+            .entries
+            .get(key)
+            .filter(|e| e.live(now))
+            .map(|e| e.conversation_id.clone())
+    }
+
+    fn put_new_now(&self, key: &str, conversation_id: &str) -> PutOutcome {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        if let Some(existing) = inner.entries.get(key).filter(|e| e.live(now)) {
+            return PutOutcome::Exists(existing.conversation_id.clone());
+        }
+        let entry = self.entry(conversation_id, now);
+        inner.insert(key, entry, now);
+        PutOutcome::Stored
+    }
+
+    fn put_now(&self, key: &str, conversation_id: &str) {
+        let now = Instant::now();
+        let entry = self.entry(conversation_id, now);
+        self.lock().insert(key, entry, now);
+    }
+
+    fn touch_now(&self, key: &str, conversation_id: &str) {
+        let now = Instant::now();
+        let fresh = self.entry(conversation_id, now);
+        let mut inner = self.lock();
+        if let Some(e) = inner.entries.get_mut(key)
+            && e.live(now)
+            && e.conversation_id == conversation_id
+        {
+            e.expires_at = fresh.expires_at;
+        }
+    }
+
+    fn delete_now(&self, key: &str, conversation_id: &str) {
+        let mut inner = self.lock();
+        if inner
+            .entries
+            .get(key)
+            .is_some_and(|e| e.conversation_id == conversation_id)
+        {
+            inner.entries.remove(key);
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+}
+
+impl Inner {
+    fn insert(&mut self, key: &str, entry: Entry, now: Instant) {
+        self.entries.insert(key.to_string(), entry);
+        if self.entries.len() >= self.sweep_at {
+            self.entries.retain(|_, e| e.live(now));
+            self.sweep_at = (self.entries.len() * 2).max(MIN_SWEEP);
+        }
+    }
+}
+
+impl ConversationStore for MemoryStore {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        Box::pin(async move { Ok(self.get_now(key)) })
+    }
+
+    fn put_new<'a>(
+        &'a self,
+        key: &'a str,
+        conversation_id: &'a str,
+    ) -> BoxFuture<'a, Result<PutOutcome, StoreError>> {
+        Box::pin(async move { Ok(self.put_new_now(key, conversation_id)) })
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        conversation_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.put_now(key, conversation_id);
+            Ok(())
+        })
+    }
+
+    fn touch<'a>(
+        &'a self,
+        key: &'a str,
+        conversation_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.touch_now(key, conversation_id);
+            Ok(())
+        })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        key: &'a str,
+        conversation_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.delete_now(key, conversation_id);
+            Ok(())
+        })
+    }
+
+    fn describe(&self) -> String {
+        "in-process memory".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn get_put_round_trip() {
+        let s = MemoryStore::new(HOUR);
+        assert_eq!(s.get_now("k"), None);
+        s.put_now("k", "c1");
+        assert_eq!(s.get_now("k").as_deref(), Some("c1"));
+        s.put_now("k", "c2");
+        assert_eq!(s.get_now("k").as_deref(), Some("c2"));
+    }
+
+    #[test]
+    fn put_new_first_wins() {
+        let s = MemoryStore::new(HOUR);
+        assert_eq!(s.put_new_now("k", "a"), PutOutcome::Stored);
+        assert_eq!(s.put_new_now("k", "b"), PutOutcome::Exists("a".into()));
+        assert_eq!(s.get_now("k").as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn put_new_race_has_one_winner() {
+        let s = std::sync::Arc::new(MemoryStore::new(HOUR));
+        let handles: Vec<_> = (0..10)
+            .map(|i| {
+                let s = s.clone();
+                std::thread::spawn(move || s.put_new_now("k", &format!("c{i}")))
+            })
+            .collect();
+        let outcomes: Vec<PutOutcome> = handles.into_iter().filter_map(|h| h.join().ok()).collect();
+        assert_eq!(outcomes.len(), 10);
+        let winner = s.get_now("k").expect("a winner is stored");
+        let stored = outcomes
+            .iter()
+            .filter(|o| **o == PutOutcome::Stored)
+            .count();
+        assert_eq!(stored, 1);
+        for o in &outcomes {
+            if let PutOutcome::Exists(id) = o {
+                assert_eq!(*id, winner);
+            }
+        }
+    }
+
+    #[test]
+    fn expired_entry_is_absent_and_replaceable() {
+        let s = MemoryStore::new(Duration::from_millis(30));
+        s.put_now("k", "old");
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(s.get_now("k"), None);
+        assert_eq!(s.put_new_now("k", "new"), PutOutcome::Stored);
+        assert_eq!(s.get_now("k").as_deref(), Some("new"));
+    }
+
+    #[test]
+    fn touch_extends_only_the_matching_live_entry() {
+        let s = MemoryStore::new(Duration::from_millis(200));
+        s.put_now("k", "c");
+        std::thread::sleep(Duration::from_millis(120));
+        s.touch_now("k", "other");
+        s.touch_now("k", "c");
+        std::thread::sleep(Duration::from_millis(120));
+        // 240 ms after the write, alive only thanks to the touch at 120 ms.
+        assert_eq!(s.get_now("k").as_deref(), Some("c"));
+        s.touch_now("k", "other");
+        std::thread::sleep(Duration::from_millis(120));
+        assert_eq!(s.get_now("k"), None, "a mismatched touch must not extend");
+    }
+
+    #[test]
+    fn touch_does_not_resurrect() {
+        let s = MemoryStore::new(Duration::from_millis(30));
+        s.touch_now("missing", "c");
+        assert_eq!(s.get_now("missing"), None);
+        s.put_now("k", "c");
+        std::thread::sleep(Duration::from_millis(60));
+        s.touch_now("k", "c");
+        assert_eq!(s.get_now("k"), None);
+    }
+
+    #[test]
+    fn delete_only_the_matching_entry() {
+        let s = MemoryStore::new(HOUR);
+        s.put_now("k", "newer");
+        s.delete_now("k", "older");
+        assert_eq!(s.get_now("k").as_deref(), Some("newer"));
+        s.delete_now("k", "newer");
+        assert_eq!(s.get_now("k"), None);
+        s.delete_now("k", "newer");
+    }
+
+    #[test]
+    fn expired_entries_are_swept() {
+        let s = MemoryStore::new(Duration::from_millis(1));
+        for i in 0..MIN_SWEEP {
+            s.put_now(&format!("k{i}"), "c");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        for i in 0..MIN_SWEEP {
+            s.put_now(&format!("j{i}"), "c");
+        }
+        assert!(s.len() <= MIN_SWEEP, "len {}", s.len());
+    }
+
+    #[test]
+    fn huge_ttl_does_not_panic() {
+        let s = MemoryStore::new(Duration::MAX);
+        s.put_now("k", "c");
+        assert_eq!(s.get_now("k").as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn describes_itself() {
+        assert_eq!(MemoryStore::new(HOUR).describe(), "in-process memory");
+    }
+}

@@ -1,0 +1,552 @@
+//! Multi-turn continuity against a real DynamoDB-protocol server (moto on 127.0.0.1).
+
+use std::time::Duration;
+
+use opendify::continuity::chat_key;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+use crate::support::moto::{Moto, number};
+use crate::support::{AnswerSpec, Scenario};
+
+fn turn(
+    model: &str,
+    history: &[(&str, &str)],
+    header_chat: Option<&str>,
+) -> (Value, Option<String>) {
+    let messages: Vec<Value> = history
+        .iter()
+        .map(|(r, c)| json!({"role": r, "content": c}))
+        .collect();
+    (
+        json!({"model": model, "messages": messages}),
+        header_chat.map(str::to_string),
+    )
+}
+
+/// Sends one turn and returns the assistant's answer.
+async fn send(
+    app: &TestApp,
+    body: Value,
+    chat_header: Option<&str>,
+    user_header: Option<&str>,
+) -> String {
+    let mut req = app.post_chat(&body);
+    if let Some(c) = chat_header {
+        req = req.header("X-OpenWebUI-Chat-Id", c);
+    }
+    if let Some(u) = user_header {
+        req = req.header("X-OpenWebUI-User-Id", u);
+    }
+    let r = req.send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn stored(table: &str, key: &str) -> Option<String> {
+    let item = Moto::shared().await.get_item_raw(table, key).await?;
+    item.get("conversation_id")
+        .and_then(|v| v.as_s().ok())
+        .cloned()
+}
+
+#[tokio::test]
+async fn continues_by_chat_id_header_sending_only_the_new_message() {
+    let (app, table) = spawn_app_dynamo(&[("CONVERSATION_HISTORY_MATCHING", "false")]).await;
+    app.dify
+        .set(APP_KEY, Scenario::answer_with_conversations("Hello Ada."));
+    let (b1, _) = turn(MODEL, &[("user", "My name is Ada.")], None);
+    let a1 = send(&app, b1, Some("chat-1"), None).await;
+    let (b2, _) = turn(
+        MODEL,
+        &[
+            ("user", "My name is Ada."),
+            ("assistant", &a1),
+            ("user", "What is my name?"),
+        ],
+        None,
+    );
+    send(&app, b2, Some("chat-1"), None).await;
+
+    let reqs = app.dify.requests();
+    assert_eq!(reqs[0].conversation_id(), None);
+    let conversation = app.dify.conversation_ids(APP_KEY, "opendify")[0].clone();
+    assert_eq!(reqs[1].conversation_id(), Some(conversation.as_str()));
+    assert_eq!(reqs[1].query(), Some("What is my name?"));
+    assert_eq!(
+        stored(&table, &chat_key(MODEL, "opendify", "chat-1")).await,
+        Some(conversation)
+    );
+}
+
+#[tokio::test]
+async fn continues_by_metadata_chat_id_and_renamed_header() {
+    // History matching off: only the chat id can make these turns continue.
+    let (app, _) = spawn_app_dynamo(&[
+        ("CHAT_ID_HEADER", "X-My-Chat"),
+        ("CONVERSATION_HISTORY_MATCHING", "false"),
+    ])
+    .await;
+    app.dify
+        .set(APP_KEY, Scenario::answer_with_conversations("ok"));
+    let mut b1 = user_message("one");
+    b1["metadata"] = json!({"chat_id": "meta-chat"});
+    send(&app, b1, None, None).await;
+    let mut b2 = json!({"model": MODEL, "messages": [{"role":"user","content":"one"},{"role":"assistant","content":"ok"},{"role":"user","content":"two"}]});
+    b2["metadata"] = json!({"chat_id": "meta-chat"});
+    send(&app, b2.clone(), None, None).await;
+
+    // The renamed header.
+    let r = app
+        .post_chat(&user_message("three"))
+        .header("X-My-Chat", "hdr-chat")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = app
+        .post_chat(&b2)
+        .header("X-My-Chat", "hdr-chat")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let reqs = app.dify.requests();
+    let ids = app.dify.conversation_ids(APP_KEY, "opendify");
+    assert_eq!(ids.len(), 2);
+    assert_eq!(
+        (reqs[1].conversation_id(), reqs[1].query()),
+        (Some(ids[0].as_str()), Some("two"))
+    );
+    assert_eq!(reqs[2].conversation_id(), None);
+    assert_eq!(
+        (reqs[3].conversation_id(), reqs[3].query()),
+        (Some(ids[1].as_str()), Some("two"))
+    );
+}
+
+#[tokio::test]
+async fn switching_model_or_user_never_reuses_a_foreign_conversation() {
+    let (app, _) = spawn_app_dynamo(&[]).await;
+    app.dify
+        .set(APP_KEY, Scenario::answer_with_conversations("a"));
+    app.dify
+        .set(OTHER_KEY, Scenario::answer_with_conversations("z"));
+    let history = [("user", "hi"), ("assistant", "a"), ("user", "again")];
+
+    send(
+        &app,
+        turn(MODEL, &[("user", "hi")], None).0,
+        Some("shared"),
+        Some("alice"),
+    )
+    .await;
+    // Same chat id, other model: a new conversation in the other app, history folded.
+    send(
+        &app,
+        turn("zeta", &history, None).0,
+        Some("shared"),
+        Some("alice"),
+    )
+    .await;
+    // Same chat id, other user: a new conversation.
+    send(
+        &app,
+        turn(MODEL, &[("user", "hi")], None).0,
+        Some("shared"),
+        Some("bob"),
+    )
+    .await;
+    // Each continues its own.
+    send(
+        &app,
+        turn(MODEL, &history, None).0,
+        Some("shared"),
+        Some("alice"),
+    )
+    .await;
+    send(
+        &app,
+        turn(MODEL, &history, None).0,
+        Some("shared"),
+        Some("bob"),
+    )
+    .await;
+
+    let reqs = app.dify.requests();
+    assert_eq!(
+        (reqs[1].key.as_str(), reqs[1].conversation_id()),
+        (OTHER_KEY, None)
+    );
+    assert_eq!(
+        reqs[1].query(),
+        Some("User: hi\n\nAssistant: a\n\nUser: again")
+    );
+    assert_eq!(reqs[2].conversation_id(), None);
+    let alice = app.dify.conversation_ids(APP_KEY, "alice");
+    let bob = app.dify.conversation_ids(APP_KEY, "bob");
+    assert_eq!(reqs[3].conversation_id(), Some(alice[0].as_str()));
+    assert_eq!(reqs[4].conversation_id(), Some(bob[0].as_str()));
+    assert_ne!(alice[0], bob[0]);
+}
+
+#[tokio::test]
+async fn concurrent_first_turns_end_with_one_mapping() {
+    let (app, table) = spawn_app_dynamo(&[]).await;
+    app.dify.set(
+        APP_KEY,
+        Scenario::Answer(AnswerSpec {
+            delay: Duration::from_millis(30),
+            conversations: true,
+            ..AnswerSpec::new("one two three")
+        }),
+    );
+    let first = turn(MODEL, &[("user", "start")], None).0;
+    let answers = futures_util::future::join_all(
+        (0..4).map(|_| send(&app, first.clone(), Some("race"), None)),
+    )
+    .await;
+    assert!(answers.iter().all(|a| a == "one two three"), "{answers:?}");
+    let created = app.dify.conversation_ids(APP_KEY, "opendify");
+    assert_eq!(
+        created.len(),
+        4,
+        "each first turn made its own Dify conversation"
+    );
+    let winner = stored(&table, &chat_key(MODEL, "opendify", "race"))
+        .await
+        .expect("one mapping");
+    assert!(created.contains(&winner));
+
+    // Every later turn continues the winner, never flipping.
+    let next = turn(
+        MODEL,
+        &[
+            ("user", "start"),
+            ("assistant", "one two three"),
+            ("user", "more"),
+        ],
+        None,
+    )
+    .0;
+    for _ in 0..3 {
+        send(&app, next.clone(), Some("race"), None).await;
+    }
+    let reqs = app.dify.requests();
+    assert!(
+        reqs[4..]
+            .iter()
+            .all(|r| r.conversation_id() == Some(winner.as_str()))
+    );
+}
+
+#[tokio::test]
+async fn continues_without_chat_id_over_three_turns() {
+    let (app, _) = spawn_app_dynamo(&[]).await;
+    app.dify
+        .set(APP_KEY, Scenario::answer_with_conversations("Noted,  Ada."));
+    let a1 = send(
+        &app,
+        turn(
+            MODEL,
+            &[("system", "Be kind."), ("user", "I am Ada.")],
+            None,
+        )
+        .0,
+        None,
+        None,
+    )
+    .await;
+    // Turn 2 streams; the client sends back what it saw, with cosmetic whitespace changes.
+    let mut b2 = turn(
+        MODEL,
+        &[
+            ("system", "Be kind. "),
+            ("user", "I am Ada."),
+            ("assistant", &format!("{a1}\n")),
+            ("user", "Who am I?"),
+        ],
+        None,
+    )
+    .0;
+    b2["stream"] = json!(true);
+    let r = app.stream(b2).await;
+    let a2 = r.content();
+    assert!(r.done());
+    let b3 = turn(
+        MODEL,
+        &[
+            ("developer", "Be kind."),
+            ("user", "I am Ada."),
+            ("assistant", &a1),
+            ("user", "Who am I?"),
+            ("assistant", &a2),
+            ("user", "Thanks"),
+        ],
+        None,
+    )
+    .0;
+    send(&app, b3, None, None).await;
+
+    let reqs = app.dify.requests();
+    let conversation = app.dify.conversation_ids(APP_KEY, "opendify")[0].clone();
+    assert_eq!(app.dify.conversation_ids(APP_KEY, "opendify").len(), 1);
+    assert_eq!(reqs[0].conversation_id(), None);
+    assert_eq!(
+        (reqs[1].conversation_id(), reqs[1].query()),
+        (Some(conversation.as_str()), Some("Who am I?"))
+    );
+    assert_eq!(
+        (reqs[2].conversation_id(), reqs[2].query()),
+        (Some(conversation.as_str()), Some("Thanks"))
+    );
+
+    // An edited earlier message is another conversation: new, with the history folded.
+    send(
+        &app,
+        turn(
+            MODEL,
+            &[
+                ("user", "I am Bob."),
+                ("assistant", &a1),
+                ("user", "Who am I?"),
+            ],
+            None,
+        )
+        .0,
+        None,
+        None,
+    )
+    .await;
+    let last = app.dify.requests().pop().unwrap();
+    assert_eq!(last.conversation_id(), None);
+    assert!(last.query().unwrap().starts_with("User: I am Bob."));
+}
+
+#[tokio::test]
+async fn history_matching_can_be_switched_off() {
+    let (app, _) = spawn_app_dynamo(&[("CONVERSATION_HISTORY_MATCHING", "false")]).await;
+    app.dify
+        .set(APP_KEY, Scenario::answer_with_conversations("x"));
+    send(&app, turn(MODEL, &[("user", "a")], None).0, None, None).await;
+    send(
+        &app,
+        turn(
+            MODEL,
+            &[("user", "a"), ("assistant", "x"), ("user", "b")],
+            None,
+        )
+        .0,
+        None,
+        None,
+    )
+    .await;
+    let reqs = app.dify.requests();
+    assert_eq!(reqs[1].conversation_id(), None);
+    assert_eq!(reqs[1].query(), Some("User: a\n\nAssistant: x\n\nUser: b"));
+}
+
+#[tokio::test]
+async fn deleted_upstream_conversation_recovers_with_a_normal_answer() {
+    let (app, table) = spawn_app_dynamo(&[]).await;
+    app.dify
+        .set(APP_KEY, Scenario::answer_with_conversations("fine"));
+    send(
+        &app,
+        turn(MODEL, &[("user", "first")], None).0,
+        Some("c-del"),
+        None,
+    )
+    .await;
+    let old = app.dify.conversation_ids(APP_KEY, "opendify")[0].clone();
+    assert!(app.dify.delete_conversation(&old));
+
+    for stream in [false, true] {
+        let mut body = turn(
+            MODEL,
+            &[("user", "first"), ("assistant", "fine"), ("user", "second")],
+            None,
+        )
+        .0;
+        body["stream"] = json!(stream);
+        if stream {
+            // Delete again so the streaming path meets the 404 too.
+            let current = stored(&table, &chat_key(MODEL, "opendify", "c-del"))
+                .await
+                .unwrap();
+            assert!(app.dify.delete_conversation(&current));
+            let r = app
+                .post_chat(&body)
+                .header("X-OpenWebUI-Chat-Id", "c-del")
+                .send()
+                .await
+                .unwrap();
+            let r = read_sse(r).await;
+            assert_eq!(r.content(), "fine");
+            assert!(r.done());
+        } else {
+            assert_eq!(send(&app, body, Some("c-del"), None).await, "fine");
+        }
+    }
+    let reqs = app.dify.requests();
+    // turn 2: the stale id (404), then a retry as a new conversation with the folded history.
+    assert_eq!(reqs[1].conversation_id(), Some(old.as_str()));
+    assert_eq!(reqs[2].conversation_id(), None);
+    assert_eq!(
+        reqs[2].query(),
+        Some("User: first\n\nAssistant: fine\n\nUser: second")
+    );
+    assert_eq!(reqs.len(), 5);
+    let now = stored(&table, &chat_key(MODEL, "opendify", "c-del"))
+        .await
+        .unwrap();
+    assert_ne!(now, old);
+    assert_eq!(
+        app.dify.conversation_ids(APP_KEY, "opendify").last(),
+        Some(&now)
+    );
+}
+
+#[tokio::test]
+async fn open_webui_background_tasks_stay_out_of_the_conversation() {
+    let (app, table) = spawn_app_dynamo(&[]).await;
+    app.dify
+        .set(APP_KEY, Scenario::answer_with_conversations("A title"));
+    send(
+        &app,
+        turn(MODEL, &[("user", "Plan my trip")], None).0,
+        Some("c-task"),
+        None,
+    )
+    .await;
+    let key = chat_key(MODEL, "opendify", "c-task");
+    let before = stored(&table, &key).await.unwrap();
+    let task = "### Task:\nGenerate a concise, 3-5 word title for the chat history.\n<chat_history>\nUSER: Plan my trip\n</chat_history>";
+    send(
+        &app,
+        turn(MODEL, &[("user", task)], None).0,
+        Some("c-task"),
+        None,
+    )
+    .await;
+    send(
+        &app,
+        turn(
+            MODEL,
+            &[
+                ("user", "Plan my trip"),
+                ("assistant", "A title"),
+                ("user", task),
+            ],
+            None,
+        )
+        .0,
+        Some("c-task"),
+        None,
+    )
+    .await;
+
+    let reqs = app.dify.requests();
+    assert_eq!(reqs[1].conversation_id(), None);
+    assert_eq!(reqs[2].conversation_id(), None);
+    assert_eq!(stored(&table, &key).await, Some(before.clone()));
+    send(
+        &app,
+        turn(
+            MODEL,
+            &[
+                ("user", "Plan my trip"),
+                ("assistant", "A title"),
+                ("user", "Go on"),
+            ],
+            None,
+        )
+        .0,
+        Some("c-task"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        app.dify.requests()[3].conversation_id(),
+        Some(before.as_str())
+    );
+}
+
+#[tokio::test]
+async fn mappings_carry_a_ttl_that_is_refreshed_on_use() {
+    let (app, table) = spawn_app_dynamo(&[("CONVERSATION_TTL_DAYS", "3")]).await;
+    app.dify
+        .set(APP_KEY, Scenario::answer_with_conversations("ok"));
+    send(
+        &app,
+        turn(MODEL, &[("user", "a")], None).0,
+        Some("c-ttl"),
+        None,
+    )
+    .await;
+    let moto = Moto::shared().await;
+    let key = chat_key(MODEL, "opendify", "c-ttl");
+    let item = moto.get_item_raw(&table, &key).await.unwrap();
+    let now = opendify::unix_now();
+    let expires = number(&item, "expires_at");
+    assert!(
+        (expires - (now + 3 * 86_400)).abs() <= 60,
+        "expires_at {expires} vs now {now}"
+    );
+    assert!(
+        !item.contains_key("query") && item.len() == 4,
+        "only ids and times: {item:?}"
+    );
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    send(
+        &app,
+        turn(
+            MODEL,
+            &[("user", "a"), ("assistant", "ok"), ("user", "b")],
+            None,
+        )
+        .0,
+        Some("c-ttl"),
+        None,
+    )
+    .await;
+    let refreshed = moto.get_item_raw(&table, &key).await.unwrap();
+    assert!(number(&refreshed, "expires_at") > expires, "{refreshed:?}");
+    assert!(number(&refreshed, "updated_at") > number(&item, "updated_at"));
+}
+
+#[tokio::test]
+async fn abandoned_stream_still_maps_its_conversation() {
+    let (app, table) = spawn_app_dynamo(&[]).await;
+    app.dify.set(
+        APP_KEY,
+        Scenario::endless(" tok", Duration::from_millis(50), "task-abandon"),
+    );
+    let mut body = streaming("long story");
+    body["metadata"] = json!({"chat_id": "c-abandon"});
+    let r = app.post_chat(&body).send().await.unwrap();
+    drop(r);
+    app.dify
+        .wait_for_stop(Duration::from_secs(10))
+        .await
+        .expect("stopped");
+    let key = chat_key(MODEL, "opendify", "c-abandon");
+    let mut mapped = None;
+    for _ in 0..50 {
+        mapped = stored(&table, &key).await;
+        if mapped.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        mapped.is_some(),
+        "the first frame's conversation id was stored"
+    );
+}
