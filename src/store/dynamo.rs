@@ -2,12 +2,12 @@
 //!
 //! Item schema (one item per key; no message text, ever):
 //!
-//! | attribute         | type | meaning                                                         |
-//! |-------------------|------|-----------------------------------------------------------------|
-//! | `pk`              | S    | partition key: the opaque key the caller derived               |
-//! | `conversation_id` | S    | the Dify conversation id                                        |
-//! | `expires_at`      | N    | Unix seconds, write/refresh time + TTL; the table's TTL attribute |
-//! | `updated_at`      | N    | Unix seconds of the last write or refresh                       |
+//! | attribute         | type | meaning                                                      |
+//! |-------------------|------|--------------------------------------------------------------|
+//! | `pk`              | S    | partition key: the opaque key the caller derived             |
+//! | `conversation_id` | S    | the Dify conversation id                                     |
+//! | `expires_at`      | N    | Unix seconds, last write or refresh + TTL; the TTL attribute |
+//! | `updated_at`      | N    | Unix seconds of the last write or refresh                    |
 //!
 //! The table needs only the `pk` (S) hash key and TTL enabled on `expires_at`. DynamoDB
 //! deletes expired items lazily (up to days later), so every read and condition here also
