@@ -1,7 +1,7 @@
 //! Configuration read once at cold start and validated as a whole: every problem is
 //! collected so one failed start shows the user everything to fix.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -16,6 +16,12 @@ pub const DEFAULT_USER: &str = "opendify";
 /// Open WebUI's chat id header (renamable there with FORWARD_SESSION_INFO_HEADER_CHAT_ID).
 pub const DEFAULT_CHAT_ID_HEADER: &str = "x-openwebui-chat-id";
 pub const DEFAULT_CONVERSATION_TTL_DAYS: u64 = 30;
+pub const DEFAULT_MAX_MESSAGES: usize = 1000;
+/// Dify pings at least every 10 s while a run is alive: two minutes of silence is a stall.
+pub const DEFAULT_STREAM_IDLE_SECS: u64 = 120;
+/// Below Lambda's 15-minute cap, so the client gets a clean error instead of a cut stream.
+pub const DEFAULT_MAX_STREAM_SECS: u64 = 870;
+pub const DEFAULT_MAX_UPSTREAM_BYTES: u64 = 64 * 1024 * 1024;
 
 /// A secret string (Dify app key, proxy key). `Debug`/`Display` show only a masked tail,
 /// so a stray `{:?}` can never put a key in a log.
@@ -77,10 +83,24 @@ pub enum Cors {
 }
 
 /// How clients authenticate to the proxy.
+/// One proxy key and, optionally, the models it may use.
+#[derive(Debug, Clone)]
+pub struct ProxyKey {
+    pub key: Secret,
+    /// None: every model. `PROXY_API_KEYS` entry form `key:model1|model2`.
+    pub models: Option<BTreeSet<String>>,
+}
+
+impl ProxyKey {
+    pub fn allows(&self, model: &str) -> bool {
+        self.models.as_ref().is_none_or(|m| m.contains(model))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum Auth {
     /// `Authorization: Bearer <one of these>` is required on every route.
-    Keys(Vec<Secret>),
+    Keys(Vec<ProxyKey>),
     /// Explicitly opted out with `ALLOW_UNAUTHENTICATED=true`.
     Disabled,
 }
@@ -93,6 +113,13 @@ pub struct Config {
     pub auth: Auth,
     pub dify_timeout: Duration,
     pub max_request_bytes: usize,
+    pub max_messages: usize,
+    /// A stream with no byte from Dify for this long is ended with an error (and stopped).
+    pub stream_idle_timeout: Duration,
+    /// Longest answer, start to end.
+    pub max_stream_duration: Duration,
+    /// Most bytes read from one Dify answer.
+    pub max_upstream_bytes: u64,
     pub server_host: String,
     pub server_port: u16,
     /// DynamoDB table for chat → conversation mappings; None keeps them in process.
@@ -175,27 +202,7 @@ impl Config {
         };
         let auth = match get("PROXY_API_KEYS") {
             Some(raw) => {
-                let keys: Vec<Secret> = raw
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|k| !k.is_empty())
-                    .map(Secret::new)
-                    .collect();
-                if keys.is_empty() {
-                    problems.push(
-                        "PROXY_API_KEYS is set but holds no key (it is split at commas)"
-                            .to_string(),
-                    );
-                }
-                for (i, key) in keys.iter().enumerate() {
-                    if key.expose().chars().any(char::is_whitespace) {
-                        problems.push(format!(
-                            "PROXY_API_KEYS entry {} ({}) contains whitespace, which no client can send in a Bearer token",
-                            i + 1,
-                            key.masked()
-                        ));
-                    }
-                }
+                let keys = parse_proxy_keys(&raw, &models, &mut problems);
                 Auth::Keys(keys)
             }
             None if allow_unauthenticated => Auth::Disabled,
@@ -208,33 +215,54 @@ impl Config {
             }
         };
 
-        let dify_timeout = match get("DIFY_TIMEOUT_SECONDS") {
-            None => Duration::from_secs(DEFAULT_DIFY_TIMEOUT_SECS),
-            Some(raw) => match raw.trim().parse::<u64>() {
-                Ok(secs) if (1..=900).contains(&secs) => Duration::from_secs(secs),
-                _ => {
-                    problems.push(format!(
-                        "DIFY_TIMEOUT_SECONDS is {:?}: use a whole number of seconds from 1 to 900",
-                        raw.trim()
-                    ));
-                    Duration::from_secs(DEFAULT_DIFY_TIMEOUT_SECS)
-                }
-            },
-        };
-
-        let max_request_bytes = match get("MAX_REQUEST_BYTES") {
-            None => DEFAULT_MAX_REQUEST_BYTES,
-            Some(raw) => match raw.trim().parse::<usize>() {
-                Ok(n) if n >= 1024 => n,
-                _ => {
-                    problems.push(format!(
-                        "MAX_REQUEST_BYTES is {:?}: use a whole number of bytes, at least 1024",
-                        raw.trim()
-                    ));
-                    DEFAULT_MAX_REQUEST_BYTES
-                }
-            },
-        };
+        let mut number =
+            |name: &str, default: u64, range: std::ops::RangeInclusive<u64>, unit: &str| {
+                whole_number(get(name), name, default, range, unit, &mut problems)
+            };
+        let dify_timeout = Duration::from_secs(number(
+            "DIFY_TIMEOUT_SECONDS",
+            DEFAULT_DIFY_TIMEOUT_SECS,
+            1..=900,
+            "seconds",
+        ));
+        let max_request_bytes = number(
+            "MAX_REQUEST_BYTES",
+            DEFAULT_MAX_REQUEST_BYTES as u64,
+            1024..=64 * 1024 * 1024,
+            "bytes",
+        ) as usize;
+        let max_messages = number(
+            "MAX_MESSAGES",
+            DEFAULT_MAX_MESSAGES as u64,
+            1..=100_000,
+            "messages",
+        ) as usize;
+        let stream_idle_timeout = Duration::from_secs(number(
+            "STREAM_IDLE_TIMEOUT_SECONDS",
+            DEFAULT_STREAM_IDLE_SECS,
+            1..=900,
+            "seconds",
+        ));
+        let max_stream_duration = Duration::from_secs(number(
+            "MAX_STREAM_SECONDS",
+            DEFAULT_MAX_STREAM_SECS,
+            1..=3600,
+            "seconds",
+        ));
+        let max_upstream_bytes = number(
+            "MAX_UPSTREAM_BYTES",
+            DEFAULT_MAX_UPSTREAM_BYTES,
+            1024..=1024 * 1024 * 1024,
+            "bytes",
+        );
+        let conversation_ttl = Duration::from_secs(
+            number(
+                "CONVERSATION_TTL_DAYS",
+                DEFAULT_CONVERSATION_TTL_DAYS,
+                1..=3650,
+                "days",
+            ) * 86_400,
+        );
 
         let server_host =
             get("SERVER_HOST").map_or_else(|| "127.0.0.1".to_string(), |h| h.trim().to_string());
@@ -257,19 +285,6 @@ impl Config {
                 "CONVERSATION_TABLE is {table:?}: a DynamoDB table name has 3-255 characters from a-z, A-Z, 0-9, '_', '-', '.'"
             ));
         }
-        let conversation_ttl = match get("CONVERSATION_TTL_DAYS") {
-            None => Duration::from_secs(DEFAULT_CONVERSATION_TTL_DAYS * 86_400),
-            Some(raw) => match raw.trim().parse::<u64>() {
-                Ok(days) if (1..=3650).contains(&days) => Duration::from_secs(days * 86_400),
-                _ => {
-                    problems.push(format!(
-                        "CONVERSATION_TTL_DAYS is {:?}: use a whole number of days from 1 to 3650",
-                        raw.trim()
-                    ));
-                    Duration::from_secs(DEFAULT_CONVERSATION_TTL_DAYS * 86_400)
-                }
-            },
-        };
         let chat_id_header = match get("CHAT_ID_HEADER") {
             None => axum::http::HeaderName::from_static(DEFAULT_CHAT_ID_HEADER),
             Some(raw) => {
@@ -327,6 +342,10 @@ impl Config {
                 auth,
                 dify_timeout,
                 max_request_bytes,
+                max_messages,
+                stream_idle_timeout,
+                max_stream_duration,
+                max_upstream_bytes,
                 server_host,
                 server_port,
                 conversation_table,
@@ -462,6 +481,96 @@ fn parse_models(raw: &str, problems: &mut Vec<String>) -> BTreeMap<String, Model
     models
 }
 
+/// `key` or `key:model1|model2`, comma-separated.
+fn parse_proxy_keys(
+    raw: &str,
+    models: &BTreeMap<String, ModelConfig>,
+    problems: &mut Vec<String>,
+) -> Vec<ProxyKey> {
+    let mut keys = Vec::new();
+    for (i, entry) in raw
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .enumerate()
+    {
+        let (key, allowed) = match entry.split_once(':') {
+            Some((key, list)) => (key.trim(), Some(list)),
+            None => (entry, None),
+        };
+        let key = Secret::new(key);
+        if key.expose().is_empty() {
+            problems.push(format!(
+                "PROXY_API_KEYS entry {} has a model list but no key",
+                i + 1
+            ));
+            continue;
+        }
+        if key.expose().chars().any(char::is_whitespace) {
+            problems.push(format!(
+                "PROXY_API_KEYS entry {} ({}) contains whitespace, which no client can send in a Bearer token",
+                i + 1,
+                key.masked()
+            ));
+        }
+        let models = allowed.map(|list| {
+            let names: BTreeSet<String> = list
+                .split('|')
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .map(str::to_string)
+                .collect();
+            if names.is_empty() {
+                problems.push(format!(
+                    "PROXY_API_KEYS entry {} ({}) has an empty model list after ':'",
+                    i + 1,
+                    key.masked()
+                ));
+            }
+            for name in names.iter().filter(|n| !models.contains_key(n.as_str())) {
+                // Only checked when MODEL_CONFIG itself parsed, to avoid a second report.
+                if !models.is_empty() {
+                    problems.push(format!(
+                        "PROXY_API_KEYS entry {} ({}) allows model {name:?}, which MODEL_CONFIG does not define",
+                        i + 1,
+                        key.masked()
+                    ));
+                }
+            }
+            names
+        });
+        keys.push(ProxyKey { key, models });
+    }
+    if keys.is_empty() {
+        problems.push("PROXY_API_KEYS is set but holds no key (it is split at commas)".to_string());
+    }
+    keys
+}
+
+/// A whole number within `range`, or the default (and a problem) when it is not.
+fn whole_number(
+    raw: Option<String>,
+    name: &str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+    unit: &str,
+    problems: &mut Vec<String>,
+) -> u64 {
+    let Some(raw) = raw else { return default };
+    match raw.trim().parse::<u64>() {
+        Ok(n) if range.contains(&n) => n,
+        _ => {
+            problems.push(format!(
+                "{name} is {:?}: use a whole number of {unit} from {} to {}",
+                raw.trim(),
+                range.start(),
+                range.end()
+            ));
+            default
+        }
+    }
+}
+
 fn valid_table_name(name: &str) -> bool {
     (3..=255).contains(&name.len())
         && name
@@ -533,7 +642,9 @@ mod tests {
         assert_eq!(c.dify_api_base.as_str(), "https://api.dify.ai/v1/");
         assert_eq!(c.models.keys().collect::<Vec<_>>(), ["claude", "gpt"]);
         assert_eq!(c.models["gpt"].app_key.expose(), "app-zzzzzzzzzzzzzzzz1111");
-        assert!(matches!(&c.auth, Auth::Keys(k) if k.len() == 2 && k[1].expose() == "sk-two"));
+        assert!(
+            matches!(&c.auth, Auth::Keys(k) if k.len() == 2 && k[1].key.expose() == "sk-two" && k[1].allows("gpt"))
+        );
         assert_eq!(c.dify_timeout, Duration::from_secs(30));
         assert_eq!((c.server_host.as_str(), c.server_port), ("127.0.0.1", 5000));
     }
@@ -680,6 +791,31 @@ mod tests {
             ("CONVERSATION_HISTORY_MATCHING", "sometimes"),
         ]);
         assert_eq!(config(&vars).unwrap_err().0.len(), 4);
+    }
+
+    #[test]
+    fn per_key_model_allow_lists() {
+        let mut vars = valid();
+        vars[2].1 = "sk-all, sk-claude:claude, sk-both: claude | gpt ";
+        let c = config(&vars).unwrap();
+        let Auth::Keys(keys) = &c.auth else { panic!() };
+        assert!(keys[0].allows("claude") && keys[0].allows("gpt"));
+        assert!(keys[1].allows("claude") && !keys[1].allows("gpt"));
+        assert_eq!(keys[1].key.expose(), "sk-claude");
+        assert!(keys[2].allows("claude") && keys[2].allows("gpt"));
+
+        vars[2].1 = "sk-x:nope, :claude, sk-y:";
+        let text = config(&vars).unwrap_err().to_string();
+        assert!(
+            text.contains("allows model \"nope\", which MODEL_CONFIG does not define"),
+            "{text}"
+        );
+        assert!(
+            text.contains("entry 2 has a model list but no key"),
+            "{text}"
+        );
+        assert!(text.contains("has an empty model list"), "{text}");
+        assert!(!text.contains("sk-x:") && !text.contains("sk-y"), "{text}");
     }
 
     #[test]

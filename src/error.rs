@@ -19,12 +19,19 @@ pub enum ApiError {
         available: Vec<String>,
     },
     Unauthorized,
+    /// A valid key asked for a model outside its allow-list.
+    ModelNotAllowed {
+        model: String,
+    },
     NotFound {
         path: String,
     },
     MethodNotAllowed {
         method: String,
         path: String,
+    },
+    UnsupportedMediaType {
+        media: String,
     },
     PayloadTooLarge {
         limit: usize,
@@ -106,6 +113,16 @@ impl From<&ApiError> for ClientError {
                 "Incorrect or missing API key. Send one of the proxy's keys as `Authorization: Bearer <key>`."
                     .to_string(),
             ),
+            ApiError::ModelNotAllowed { model } => {
+                let mut c = ClientError::new(
+                    StatusCode::FORBIDDEN,
+                    "permission_error",
+                    Some("model_not_allowed"),
+                    format!("Your API key may not use the model `{model}`."),
+                );
+                c.body.error.param = Some("model".to_string());
+                c
+            }
             ApiError::NotFound { path } => ClientError::new(
                 StatusCode::NOT_FOUND,
                 "invalid_request_error",
@@ -117,6 +134,12 @@ impl From<&ApiError> for ClientError {
                 "invalid_request_error",
                 Some("method_not_allowed"),
                 format!("{method} is not allowed on {path}."),
+            ),
+            ApiError::UnsupportedMediaType { media } => ClientError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request_error",
+                Some("unsupported_media_type"),
+                format!("The request body must be JSON (Content-Type: application/json), not `{media}`."),
             ),
             ApiError::PayloadTooLarge { limit } => ClientError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,

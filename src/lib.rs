@@ -2,6 +2,8 @@
 //! URL with response streaming) and local runs. `main.rs` only chooses how to serve
 //! [`app`]; everything else lives here so tests drive the same router.
 
+#![forbid(unsafe_code)]
+
 /// Environment configuration, validated as a whole at cold start.
 pub mod config;
 /// Which Dify conversation a request continues (store keys, background tasks).

@@ -1,6 +1,8 @@
 //! Entry point: validate the configuration, then serve the same router either under the
 //! Lambda runtime (response streaming) or as a local HTTP server.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 use std::sync::Arc;
 

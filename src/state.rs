@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::dify::DifyClient;
+use crate::dify::client::StreamLimits;
 use crate::store::ConversationStore;
 
 #[derive(Clone)]
@@ -21,7 +22,12 @@ struct Inner {
 
 impl AppState {
     pub fn new(config: Config, store: Arc<dyn ConversationStore>) -> Result<Self, reqwest::Error> {
-        let dify = DifyClient::new(config.dify_api_base.clone(), config.dify_timeout)?;
+        let limits = StreamLimits {
+            idle: config.stream_idle_timeout,
+            total: config.max_stream_duration,
+            max_bytes: config.max_upstream_bytes,
+        };
+        let dify = DifyClient::new(config.dify_api_base.clone(), config.dify_timeout, limits)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 config,

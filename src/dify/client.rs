@@ -44,16 +44,29 @@ pub enum DifyError {
     Stream(String),
 }
 
+/// Bounds on one streamed answer, so a stalled or runaway upstream cannot hold a client
+/// (or a Lambda invocation) forever.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamLimits {
+    /// Longest silence between two network reads (Dify pings every 10 s while alive).
+    pub idle: Duration,
+    /// Longest answer, start to end.
+    pub total: Duration,
+    /// Most bytes read from one answer.
+    pub max_bytes: u64,
+}
+
 #[derive(Clone)]
 pub struct DifyClient {
     http: reqwest::Client,
     base: Url,
     timeout: Duration,
+    limits: StreamLimits,
 }
 
 impl DifyClient {
     /// `base` must end with `/` (config guarantees it) so joins keep its path.
-    pub fn new(base: Url, timeout: Duration) -> Result<Self, reqwest::Error> {
+    pub fn new(base: Url, timeout: Duration, limits: StreamLimits) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .connect_timeout(timeout)
             // Idle keep-alive connections outlive a warm Lambda's pause; a short idle
@@ -65,6 +78,7 @@ impl DifyClient {
             http,
             base,
             timeout,
+            limits,
         })
     }
 
@@ -100,6 +114,10 @@ impl DifyClient {
             body: Box::pin(response.bytes_stream()),
             decoder: EventDecoder::new(),
             done: false,
+            cut: false,
+            limits: self.limits,
+            deadline: tokio::time::Instant::now() + self.limits.total,
+            read: 0,
         })
     }
 
@@ -195,6 +213,11 @@ pub struct EventStream {
     body: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
     decoder: EventDecoder,
     done: bool,
+    /// We ended the stream (a limit), not Dify: its task may still be running.
+    cut: bool,
+    limits: StreamLimits,
+    deadline: tokio::time::Instant,
+    read: u64,
 }
 
 impl EventStream {
@@ -206,8 +229,42 @@ impl EventStream {
             return false;
         }
         let mut decoded = Vec::new();
-        match self.body.next().await {
-            Some(Ok(bytes)) => self.decoder.push(&bytes, &mut decoded),
+        let now = tokio::time::Instant::now();
+        let wait = self
+            .limits
+            .idle
+            .min(self.deadline.saturating_duration_since(now));
+        let next = match tokio::time::timeout(wait, self.body.next()).await {
+            Ok(next) => next,
+            Err(_) => {
+                self.done = true;
+                self.cut = true;
+                let why = if tokio::time::Instant::now() >= self.deadline {
+                    format!(
+                        "the answer took longer than the limit of {} s",
+                        self.limits.total.as_secs()
+                    )
+                } else {
+                    format!("Dify sent nothing for {} s", self.limits.idle.as_secs())
+                };
+                out.push(Err(DifyError::Stream(why)));
+                return false;
+            }
+        };
+        match next {
+            Some(Ok(bytes)) => {
+                self.read += bytes.len() as u64;
+                if self.read > self.limits.max_bytes {
+                    self.done = true;
+                    self.cut = true;
+                    out.push(Err(DifyError::Stream(format!(
+                        "the answer is larger than the limit of {} bytes",
+                        self.limits.max_bytes
+                    ))));
+                    return false;
+                }
+                self.decoder.push(&bytes, &mut decoded)
+            }
             Some(Err(e)) => {
                 self.done = true;
                 out.push(Err(DifyError::Stream(format!(
@@ -232,6 +289,14 @@ impl EventStream {
             }
         }
         !self.done
+    }
+}
+
+impl EventStream {
+    /// True when the proxy ended the stream because of a limit; Dify may still be
+    /// generating, so its task should be stopped.
+    pub fn was_cut(&self) -> bool {
+        self.cut
     }
 }
 

@@ -1,17 +1,39 @@
-//! Proxy key check, in constant time, on every route.
+//! Proxy key check, in constant time, on every route. The matched key's model allow-list
+//! travels with the request as an [`Access`] extension.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use subtle::ConstantTimeEq;
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use crate::config::Auth;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-pub async fn require_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// What the caller's key may use.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// None: every configured model.
+    models: Option<Arc<BTreeSet<String>>>,
+}
+
+impl Access {
+    pub fn allows(&self, model: &str) -> bool {
+        self.models.as_ref().is_none_or(|m| m.contains(model))
+    }
+}
+
+pub async fn require_key(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let Auth::Keys(keys) = &state.config().auth else {
+        request.extensions_mut().insert(Access::default());
         return next.run(request).await;
     };
     let presented = request
@@ -19,11 +41,15 @@ pub async fn require_key(State(state): State<AppState>, request: Request, next: 
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token);
-    match presented {
-        Some(token) if key_matches(token, keys.iter().map(|k| k.expose())) => {
+    let matched =
+        presented.and_then(|token| matching_key(token, keys.iter().map(|k| k.key.expose())));
+    match matched {
+        Some(i) => {
+            let models = keys[i].models.clone().map(Arc::new);
+            request.extensions_mut().insert(Access { models });
             next.run(request).await
         }
-        _ => ApiError::Unauthorized.into_response(),
+        None => ApiError::Unauthorized.into_response(),
     }
 }
 
@@ -36,14 +62,16 @@ fn bearer_token(header: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Compares against every key without stopping early, so timing does not reveal which key
-/// or how much of one matched.
-fn key_matches<'a>(token: &str, keys: impl Iterator<Item = &'a str>) -> bool {
-    let mut found = subtle::Choice::from(0);
-    for key in keys {
-        found |= token.as_bytes().ct_eq(key.as_bytes());
+/// Index of the key equal to `token`. Every key is compared, without stopping early or
+/// branching on a comparison, so timing does not reveal which key or how much of one
+/// matched (only lengths differ in time, and keys are not secret in length).
+fn matching_key<'a>(token: &str, keys: impl Iterator<Item = &'a str>) -> Option<usize> {
+    let mut found: u32 = 0;
+    for (i, key) in keys.enumerate() {
+        let is_match = token.as_bytes().ct_eq(key.as_bytes());
+        found = u32::conditional_select(&found, &(i as u32 + 1), is_match);
     }
-    found.into()
+    (found as usize).checked_sub(1)
 }
 
 #[cfg(test)]
@@ -62,8 +90,9 @@ mod tests {
     #[test]
     fn any_configured_key_matches() {
         let keys = ["sk-one", "sk-two"];
-        assert!(key_matches("sk-two", keys.into_iter()));
-        assert!(!key_matches("sk-tw", keys.into_iter()));
-        assert!(!key_matches("", keys.into_iter()));
+        assert_eq!(matching_key("sk-two", keys.into_iter()), Some(1));
+        assert_eq!(matching_key("sk-one", keys.into_iter()), Some(0));
+        assert_eq!(matching_key("sk-tw", keys.into_iter()), None);
+        assert_eq!(matching_key("", keys.into_iter()), None);
     }
 }

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -14,7 +14,9 @@ use serde_json::Map;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::auth::Access;
 use super::conversation::ConversationLink;
+use super::models::visible_models;
 use crate::continuity::thread_for;
 use crate::dify::types::ChatMessageRequest;
 use crate::dify::{DifyClient, DifyError, EventStream};
@@ -28,24 +30,50 @@ const USER_HEADER: &str = "x-openwebui-user-id";
 /// How long to keep reading an abandoned stream for the task id needed to stop it.
 const TASK_ID_GRACE: Duration = Duration::from_secs(10);
 
-pub async fn create(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    match handle(state, headers, body).await {
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match handle(state, access, headers, body).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
 }
 
-async fn handle(state: AppState, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn handle(
+    state: AppState,
+    access: Access,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let started = Instant::now();
     let config = state.config();
+    check_content_type(&headers)?;
     let bytes = read_body(body, config.max_request_bytes).await?;
     let request = parse_request(&bytes)?;
     let Some(model) = config.models.get(&request.model) else {
         return Err(ApiError::ModelNotFound {
             model: request.model.clone(),
-            available: config.models.keys().cloned().collect(),
+            available: visible_models(&state, &access),
         });
     };
+    if !access.allows(&request.model) {
+        return Err(ApiError::ModelNotAllowed {
+            model: request.model.clone(),
+        });
+    }
+    if request.messages.len() > config.max_messages {
+        return Err(ApiError::bad_request(
+            format!(
+                "`messages` has {} entries; this server accepts at most {}.",
+                request.messages.len(),
+                config.max_messages
+            ),
+            Some("messages".into()),
+        ));
+    }
     let user_header = headers.get(USER_HEADER).and_then(|v| v.to_str().ok());
     let turn = to_turn(&request, user_header)?;
     let stream = request.stream.unwrap_or(false);
@@ -143,6 +171,31 @@ struct Answering {
     link: ConversationLink,
     turn: Turn,
     started: Instant,
+}
+
+/// JSON, or what quick clients send for it (curl's `-d` says form-urlencoded); anything
+/// else (multipart, XML, …) is a mistake worth a clear 415.
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let media = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let accepted = media == "application/json"
+        || media.ends_with("+json")
+        || media == "text/plain"
+        || media == "application/x-www-form-urlencoded";
+    if accepted {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType { media })
+    }
 }
 
 /// Reads the body up to the configured limit.
@@ -317,7 +370,11 @@ async fn pump(
             break;
         }
         if ended {
-            answering.task.disarm();
+            // A stream we cut for a limit leaves Dify running: keep the handle armed so
+            // dropping it stops the task.
+            if !upstream.was_cut() {
+                answering.task.disarm();
+            }
             let ms = answering.started.elapsed().as_millis() as u64;
             match translator.error_code() {
                 None => {
@@ -417,7 +474,9 @@ async fn aggregate_answer(
             break;
         }
     }
-    answering.task.disarm();
+    if !upstream.was_cut() {
+        answering.task.disarm();
+    }
     let conversation = aggregator.conversation_id().map(str::to_string);
     let response = match aggregator.finish(&meta) {
         Ok(completion) => {

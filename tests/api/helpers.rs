@@ -1,6 +1,7 @@
 //! `spawn_app`: the real router on 127.0.0.1:0, configured against a fresh fake Dify.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, LazyLock, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -17,6 +18,78 @@ pub struct TestApp {
     pub url: String,
     pub client: reqwest::Client,
     pub dify: FakeDify,
+}
+
+/// Every test's traffic is logged at debug level into one buffer; when a test's app is
+/// dropped, the buffer must hold no key, no Authorization value and no prompt text sent
+/// so far. So the whole suite's traffic is checked for leaks, at a more verbose level
+/// than the default.
+static LOG: LazyLock<Arc<Mutex<Vec<u8>>>> = LazyLock::new(Default::default);
+/// Message texts the tests sent (long enough not to match ordinary log words).
+static PROMPTS: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Default::default);
+static INIT: Once = Once::new();
+
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOG.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    INIT.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::new(opendify::telemetry::filter_directives(
+            Some("debug"),
+        ));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(|| LogWriter)
+            .try_init();
+    });
+}
+
+fn remember_prompts(body: &Value) {
+    let Some(messages) = body.get("messages").and_then(Value::as_array) else {
+        return;
+    };
+    let mut prompts = PROMPTS.lock().unwrap_or_else(|e| e.into_inner());
+    for m in messages {
+        if let Some(text) = m
+            .get("content")
+            .and_then(Value::as_str)
+            .filter(|t| t.len() >= 12)
+        {
+            prompts.insert(text.to_string());
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let log =
+            String::from_utf8_lossy(&LOG.lock().unwrap_or_else(|e| e.into_inner())).to_string();
+        assert!(log.contains("request"), "the log capture is not working");
+        for secret in [APP_KEY, OTHER_KEY, PROXY_KEY, "sk-another-key", "Bearer "] {
+            assert!(!log.contains(secret), "{secret:?} appears in the log");
+        }
+        for prompt in PROMPTS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            assert!(
+                !log.contains(prompt.as_str()),
+                "prompt text {prompt:?} appears in the log"
+            );
+        }
+    }
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -37,6 +110,7 @@ pub async fn spawn_app_dynamo(overrides: &[(&str, &str)]) -> (TestApp, String) {
 }
 
 async fn spawn_app_on(overrides: &[(&str, &str)], table: Option<&str>) -> TestApp {
+    capture_logs();
     let dify = FakeDify::start().await;
     let mut vars: HashMap<String, String> = HashMap::from([
         ("DIFY_API_BASE".to_string(), dify.base_url()),
@@ -132,6 +206,7 @@ impl SseResponse {
 
 impl TestApp {
     pub fn post_chat(&self, body: &Value) -> reqwest::RequestBuilder {
+        remember_prompts(body);
         self.client
             .post(format!("{}/v1/chat/completions", self.url))
             .bearer_auth(PROXY_KEY)

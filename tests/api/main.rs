@@ -11,4 +11,5 @@ mod chat_blocking;
 mod chat_errors;
 mod chat_stream;
 mod conversations;
+mod hardening;
 mod models;
