@@ -3,75 +3,16 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::io::Read;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use support::process::{command, refs, start};
 use support::{FakeDify, Scenario};
 
 const APP_KEY: &str = "app-binarytest00000000x9f3a";
 const PROXY_KEY: &str = "sk-binary-proxy-key-77";
 const PROMPT: &str = "my secret prompt about quarterly numbers";
-
-fn command(vars: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_opendify"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
-    cmd
-}
-
-/// Kills the child (by its own PID) when the test ends, however it ends.
-struct Running {
-    child: Child,
-    log: Arc<Mutex<String>>,
-    url: String,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Running {
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-/// Starts the binary on a free port and waits for its "listening on" line.
-fn start(vars: &[(&str, &str)]) -> Running {
-    let mut all = vec![("SERVER_PORT", "0")];
-    all.extend_from_slice(vars);
-    let mut child = command(&all).spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(i) = line.find("listening on http://") {
-                let _ = tx.send(line[i + "listening on ".len()..].trim().to_string());
-            }
-            let mut l = sink.lock().unwrap();
-            l.push_str(&line);
-            l.push('\n');
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(20))
-        .unwrap_or_else(|_| panic!("no listening line; log:\n{}", log.lock().unwrap()));
-    Running { child, log, url }
-}
 
 fn valid_vars(dify: &FakeDify) -> Vec<(&'static str, String)> {
     vec![
@@ -79,10 +20,6 @@ fn valid_vars(dify: &FakeDify) -> Vec<(&'static str, String)> {
         ("MODEL_CONFIG", format!(r#"{{"my-app":"{APP_KEY}"}}"#)),
         ("PROXY_API_KEYS", PROXY_KEY.to_string()),
     ]
-}
-
-fn refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
-    v.iter().map(|(k, s)| (*k, s.as_str())).collect()
 }
 
 #[test]

@@ -7,4 +7,5 @@
 pub mod fake_dify;
 pub mod lambda_runtime;
 pub mod moto;
+pub mod process;
 pub use fake_dify::*;

@@ -1,0 +1,209 @@
+//! Load without loss: the real binary (local mode) under 200 concurrent streaming
+//! conversations of several turns each, continuity through a real DynamoDB-protocol
+//! server (moto). Every turn must succeed and continue the right Dify conversation, and
+//! memory must stay flat. Scale with LOAD_CONVERSATIONS / LOAD_TURNS; figures are printed
+//! (run with `--nocapture` to see them).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use support::moto::Moto;
+use support::process::{refs, start};
+use support::{AnswerSpec, FakeDify, Scenario};
+
+const APP_KEY: &str = "app-loadtest00000000000c4d2";
+const PROXY_KEY: &str = "sk-load-proxy-key";
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One streamed turn; returns the answer text, or why it failed.
+async fn turn(
+    client: &reqwest::Client,
+    url: &str,
+    chat: usize,
+    history: &[Value],
+) -> Result<String, String> {
+    let r = client
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(PROXY_KEY)
+        .header("X-OpenWebUI-Chat-Id", format!("chat-{chat}"))
+        .header("X-OpenWebUI-User-Id", format!("user-{chat}"))
+        .json(&json!({"model": "my-app", "stream": true, "messages": history}))
+        .send()
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    if r.status() != 200 {
+        return Err(format!("status {}", r.status()));
+    }
+    let mut body = r.bytes_stream();
+    let mut raw = Vec::new();
+    while let Some(chunk) = body.next().await {
+        raw.extend_from_slice(&chunk.map_err(|e| format!("body: {e}"))?);
+    }
+    let text = String::from_utf8(raw).map_err(|_| "not UTF-8".to_string())?;
+    if !text.ends_with("data: [DONE]\n\n") {
+        return Err(format!(
+            "no [DONE]: {}",
+            text.chars().rev().take(200).collect::<String>()
+        ));
+    }
+    let mut answer = String::new();
+    for data in text
+        .split("\n\n")
+        .filter_map(|f| f.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+    {
+        let v: Value = serde_json::from_str(data).map_err(|e| format!("chunk JSON: {e}"))?;
+        if v.get("error").is_some() {
+            return Err(format!("error event: {v}"));
+        }
+        if let Some(c) = v["choices"][0]["delta"]["content"].as_str() {
+            answer.push_str(c);
+        }
+    }
+    Ok(answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_conversations_lose_nothing() {
+    let conversations = env_number("LOAD_CONVERSATIONS", 200);
+    let turns = env_number("LOAD_TURNS", 3);
+    let moto = Moto::shared().await;
+    let table = moto.fresh_table().await;
+    let dify = FakeDify::start().await;
+    dify.set(
+        APP_KEY,
+        Scenario::Answer(AnswerSpec {
+            delay: Duration::from_millis(10),
+            conversations: true,
+            ..AnswerSpec::new("Sure, here is a short answer of a few words.")
+        }),
+    );
+    let mut vars = vec![
+        ("DIFY_API_BASE", dify.base_url()),
+        ("MODEL_CONFIG", format!(r#"{{"my-app":"{APP_KEY}"}}"#)),
+        ("PROXY_API_KEYS", PROXY_KEY.to_string()),
+        ("CONVERSATION_TABLE", table.clone()),
+    ];
+    vars.extend(moto.env_vars());
+    let running = start(&refs(&vars));
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(conversations)
+        .build()
+        .unwrap();
+
+    // Warm-up so the baseline memory includes connection pools and the runtime.
+    turn(
+        &client,
+        &running.url,
+        usize::MAX,
+        &[json!({"role":"user","content":"warm up"})],
+    )
+    .await
+    .unwrap();
+    let (rss_start, _) = running.memory_kib();
+    let started = Instant::now();
+    let mut rss_samples = vec![rss_start];
+    let mut errors = Vec::new();
+    let mut histories: Vec<Vec<Value>> = vec![Vec::new(); conversations];
+    let mut latencies = Vec::new();
+    for t in 0..turns {
+        let results = futures_util::future::join_all(histories.iter().enumerate().map(|(i, h)| {
+            let mut history = h.clone();
+            history.push(json!({"role": "user", "content": format!("turn {t} of chat {i}")}));
+            let client = client.clone();
+            let url = running.url.clone();
+            async move {
+                let sent = Instant::now();
+                let result = turn(&client, &url, i, &history).await;
+                (history, result, sent.elapsed())
+            }
+        }))
+        .await;
+        for (i, (mut history, result, took)) in results.into_iter().enumerate() {
+            latencies.push(took);
+            match result {
+                Ok(answer) => {
+                    history.push(json!({"role": "assistant", "content": answer}));
+                    histories[i] = history;
+                }
+                Err(e) => errors.push(format!("chat {i} turn {t}: {e}")),
+            }
+        }
+        rss_samples.push(running.memory_kib().0);
+    }
+    let elapsed = started.elapsed();
+    let (rss_end, rss_peak) = running.memory_kib();
+
+    // Continuity: each chat made exactly one Dify conversation, and every later turn of it
+    // was sent with that conversation and only the new message.
+    let requests = dify.requests();
+    let mut wrong = Vec::new();
+    for i in 0..conversations {
+        let user = format!("user-{i}");
+        let ids = dify.conversation_ids(APP_KEY, &user);
+        let mine: Vec<_> = requests
+            .iter()
+            .filter(|r| r.user() == Some(user.as_str()))
+            .collect();
+        let continued = mine
+            .iter()
+            .skip(1)
+            .all(|r| ids.len() == 1 && r.conversation_id() == Some(ids[0].as_str()));
+        let new_message_only = mine
+            .iter()
+            .enumerate()
+            .all(|(t, r)| r.query() == Some(format!("turn {t} of chat {i}").as_str()));
+        if ids.len() != 1 || !continued || !new_message_only || mine.len() != turns {
+            wrong.push(format!(
+                "chat {i}: {} conversations, {} requests",
+                ids.len(),
+                mine.len()
+            ));
+        }
+    }
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    let total = conversations * turns;
+    println!(
+        "load: {conversations} concurrent conversations x {turns} turns = {total} streamed turns in {:.2} s ({:.0} turns/s); \
+         turn latency p50 {:?} p99 {:?}; errors {}; wrong continuity {}; RSS KiB start {rss_start} per turn {:?} end {rss_end} peak {rss_peak}",
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64(),
+        pct(0.5),
+        pct(0.99),
+        errors.len(),
+        wrong.len(),
+        rss_samples,
+    );
+    assert!(
+        errors.is_empty(),
+        "{} errors, e.g. {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    assert!(
+        wrong.is_empty(),
+        "{} chats lost continuity, e.g. {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    // Flat memory: after the first full round has sized the pools and buffers, further
+    // rounds of the same load must not keep growing the process (a leak would grow with
+    // every turn). The bound is loose; the figures above are what to watch.
+    if rss_samples.len() >= 3 {
+        let after_first_round = rss_samples[1];
+        assert!(
+            rss_end <= after_first_round + after_first_round / 2 + 8 * 1024,
+            "memory grew from {after_first_round} KiB to {rss_end} KiB: {rss_samples:?}"
+        );
+    }
+}
