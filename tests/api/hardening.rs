@@ -248,47 +248,85 @@ async fn tls_and_dns_failures_are_clean_gateway_errors() {
     let tls = format!("https://{}/v1", app.dify.addr());
     let tls_app = spawn_app_with(&[("DIFY_API_BASE", &tls)]).await;
     let (status, _, body) = tls_app.chat(user_message("hi")).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (502, Some("dify_unreachable")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (502, Some("dify_unreachable")),
+        "{body}"
+    );
     // A name that cannot resolve (.invalid is reserved): unreachable, or a timeout where
     // the resolver itself is slow; never a hang or a crash.
-    let dns_app = spawn_app_with(&[("DIFY_API_BASE", "http://dify.invalid/v1"), ("DIFY_TIMEOUT_SECONDS", "3")]).await;
+    let dns_app = spawn_app_with(&[
+        ("DIFY_API_BASE", "http://dify.invalid/v1"),
+        ("DIFY_TIMEOUT_SECONDS", "3"),
+    ])
+    .await;
     let (status, _, body) = dns_app.chat(user_message("hi")).await;
     assert!(matches!(status, 502 | 504), "{status} {body}");
-    assert!(matches!(body["error"]["code"].as_str(), Some("dify_unreachable" | "dify_timeout")), "{body}");
+    assert!(
+        matches!(
+            body["error"]["code"].as_str(),
+            Some("dify_unreachable" | "dify_timeout")
+        ),
+        "{body}"
+    );
 }
 
 #[tokio::test]
 async fn client_leaving_during_a_slow_dify_step_stops_the_task_at_once() {
     let app = spawn_app().await;
     // One token, then a long silent step.
-    app.dify.set(APP_KEY, Scenario::endless(" tok", Duration::from_secs(20), "task-slow"));
+    app.dify.set(
+        APP_KEY,
+        Scenario::endless(" tok", Duration::from_secs(20), "task-slow"),
+    );
     let r = app.post_chat(&streaming("hi")).send().await.unwrap();
     let mut body = r.bytes_stream();
     use futures_util::StreamExt;
     let mut seen = String::new();
     while !seen.contains(" tok") {
-        seen.push_str(&String::from_utf8_lossy(&body.next().await.unwrap().unwrap()));
+        seen.push_str(&String::from_utf8_lossy(
+            &body.next().await.unwrap().unwrap(),
+        ));
     }
     let left = Instant::now();
     drop(body);
-    let stop = app.dify.wait_for_stop(Duration::from_secs(10)).await.expect("stopped");
+    let stop = app
+        .dify
+        .wait_for_stop(Duration::from_secs(10))
+        .await
+        .expect("stopped");
     assert_eq!(stop.task_id, "task-slow");
-    assert!(left.elapsed() < Duration::from_secs(5), "noticed only after {:?}", left.elapsed());
+    assert!(
+        left.elapsed() < Duration::from_secs(5),
+        "noticed only after {:?}",
+        left.elapsed()
+    );
 }
 
 #[tokio::test]
 async fn client_leaving_before_the_first_byte_leaves_the_server_healthy() {
     let app = spawn_app().await;
     app.dify.set(APP_KEY, Scenario::Hang);
-    let quick = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
+    let quick = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
     for stream in [true, false] {
         let mut body = user_message("hi");
         body["stream"] = json!(stream);
-        let r = quick.post(format!("{}/v1/chat/completions", app.url)).bearer_auth(PROXY_KEY).json(&body).send().await;
+        let r = quick
+            .post(format!("{}/v1/chat/completions", app.url))
+            .bearer_auth(PROXY_KEY)
+            .json(&body)
+            .send()
+            .await;
         assert!(r.is_err(), "the client gave up first");
     }
     app.dify.set(APP_KEY, Scenario::answer("healthy"));
     let (status, _, body) = app.chat(user_message("hi")).await;
-    assert_eq!((status, body["choices"][0]["message"]["content"].as_str()), (200, Some("healthy")));
+    assert_eq!(
+        (status, body["choices"][0]["message"]["content"].as_str()),
+        (200, Some("healthy"))
+    );
     assert!(app.dify.stops().is_empty(), "no task had started");
 }
