@@ -162,12 +162,15 @@ pub fn from_dify(model: &str, error: &DifyError, started: bool) -> ClientError {
             Some("dify_unreachable"),
             "The Dify service could not be reached. Try again later.".to_string(),
         ),
+        // Dify may already be running the request it was slow to acknowledge: a retry
+        // could run it twice.
         DifyError::Timeout(t) => ClientError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "server_error",
             Some("dify_timeout"),
             format!("Dify did not start answering within {} s.", t.as_secs()),
-        ),
+        )
+        .no_retry(),
         DifyError::Http {
             status,
             code,
@@ -197,10 +200,11 @@ pub fn from_dify(model: &str, error: &DifyError, started: bool) -> ClientError {
 
 fn from_dify_code(model: &str, status: Option<u16>, code: &str, message: &str) -> ClientError {
     use StatusCode as S;
-    let quoted = if message.is_empty() {
-        String::new()
-    } else {
-        format!(" Dify says: {message}")
+    // Dify's messages may or may not end in a full stop; ours follow them.
+    let quoted = match message.trim_end() {
+        "" => String::new(),
+        m if m.ends_with(['.', '!', '?']) => format!(" Dify says: {m}"),
+        m => format!(" Dify says: {m}."),
     };
     match (status, code) {
         (_, "unauthorized") => ClientError::new(
@@ -462,6 +466,34 @@ mod tests {
         assert_eq!(c.status, StatusCode::BAD_GATEWAY);
         assert!(c.body.error.message.contains("model `claude`"));
         assert_eq!(c.should_retry, Some(false));
+    }
+
+    #[test]
+    fn dify_messages_read_as_sentences() {
+        let c = from_dify(
+            "m",
+            &http(401, "unauthorized", "Access token is invalid"),
+            false,
+        );
+        assert!(
+            c.body
+                .error
+                .message
+                .contains("Dify says: Access token is invalid. The proxy's"),
+            "{}",
+            c.body.error.message
+        );
+        let c = from_dify(
+            "m",
+            &http(403, "forbidden", "The app's API service has been disabled."),
+            false,
+        );
+        assert!(
+            c.body
+                .error
+                .message
+                .ends_with("Dify says: The app's API service has been disabled.")
+        );
     }
 
     #[test]

@@ -59,9 +59,15 @@ pub fn start(vars: &[(&str, &str)]) -> Running {
             l.push('\n');
         }
     });
-    let url = rx
-        .recv_timeout(Duration::from_secs(20))
-        .unwrap_or_else(|_| panic!("no listening line; log:\n{}", log.lock().unwrap()));
+    let url = match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(url) => url,
+        Err(_) => {
+            // Never leave the process behind when the test fails here.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no listening line; log:\n{}", log.lock().unwrap());
+        }
+    };
     Running { child, log, url }
 }
 
