@@ -17,13 +17,12 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
+use support::process::{Running, refs, start};
 use support::{FakeDify, Recorded, Scenario, fixture_bytes};
 
 const PROXY_KEY: &str = "sk-sdk-clients-proxy-key-5150";
@@ -87,65 +86,18 @@ const ALL_MODELS: [&str; 7] = [
 // ---------------------------------------------------------------------------
 // The proxy
 
-/// The running binary; killed (by its own PID) when dropped, however the test ends.
-struct Proxy {
-    child: Child,
-    log: Arc<Mutex<String>>,
-    url: String,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// The running binary (killed by its own PID when dropped, however the test ends).
+struct Proxy;
 
 impl Proxy {
-    fn start(dify: &FakeDify) -> Proxy {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_opendify"))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("SERVER_PORT", "0")
-            .env("DIFY_API_BASE", dify.base_url())
-            .env("MODEL_CONFIG", model_config())
-            .env("PROXY_API_KEYS", PROXY_KEY)
-            .env("DIFY_TIMEOUT_SECONDS", "10")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start the opendify binary");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(i) = line.find("listening on http://") {
-                    let _ = tx.send(line[i + "listening on ".len()..].trim().to_string());
-                }
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let proxy = |url| Proxy {
-            child,
-            log: log.clone(),
-            url,
-        };
-        match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(url) => proxy(url),
-            Err(_) => {
-                let p = proxy(String::new());
-                panic!("opendify printed no listening line; log:\n{}", p.log());
-            }
-        }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+    fn start(dify: &FakeDify) -> Running {
+        let vars = [
+            ("DIFY_API_BASE", dify.base_url()),
+            ("MODEL_CONFIG", model_config()),
+            ("PROXY_API_KEYS", PROXY_KEY.to_string()),
+            ("DIFY_TIMEOUT_SECONDS", "10".to_string()),
+        ];
+        start(&refs(&vars))
     }
 }
 
