@@ -167,15 +167,35 @@ fn stdout_stays_clean() {
     assert!(out.is_empty(), "{out}");
 }
 
+/// How a request names its chat: Open WebUI's header, or `metadata.chat_id`.
+#[derive(Clone, Copy)]
+enum ChatId<'a> {
+    Header(&'a str),
+    Metadata(&'a str),
+}
+
 async fn ask(url: &str, messages: serde_json::Value, chat_id: &str) -> (u16, String) {
-    let r = reqwest::Client::new()
+    ask_as(url, messages, ChatId::Header(chat_id), None).await
+}
+
+async fn ask_as(
+    url: &str,
+    messages: serde_json::Value,
+    chat: ChatId<'_>,
+    user: Option<&str>,
+) -> (u16, String) {
+    let mut body = json!({"model": "my-app", "messages": messages});
+    if let Some(user) = user {
+        body["user"] = json!(user);
+    }
+    let mut request = reqwest::Client::new()
         .post(format!("{url}/v1/chat/completions"))
-        .bearer_auth(PROXY_KEY)
-        .header("X-OpenWebUI-Chat-Id", chat_id)
-        .json(&json!({"model": "my-app", "messages": messages}))
-        .send()
-        .await
-        .unwrap();
+        .bearer_auth(PROXY_KEY);
+    match chat {
+        ChatId::Header(id) => request = request.header("X-OpenWebUI-Chat-Id", id),
+        ChatId::Metadata(id) => body["metadata"] = json!({"chat_id": id}),
+    }
+    let r = request.json(&body).send().await.unwrap();
     let status = r.status().as_u16();
     let v: serde_json::Value = r.json().await.unwrap();
     (
@@ -204,7 +224,13 @@ async fn conversation_continues_across_a_cold_start() {
     let table = moto.fresh_table().await;
     let dify = FakeDify::start().await;
     dify.set(APP_KEY, Scenario::answer_with_conversations("Hello Ada."));
-    let vars = dynamo_vars(&dify, moto, &table);
+    let mut vars = dynamo_vars(&dify, moto, &table);
+    // Only the chat id can carry the conversation across the restart.
+    vars.push(("CONVERSATION_HISTORY_MATCHING", "false".to_string()));
+    let chats = [
+        ("by-header", ChatId::Header("cold-chat")),
+        ("by-metadata", ChatId::Metadata("cold-meta")),
+    ];
 
     let first = start(&refs(&vars));
     assert!(
@@ -214,23 +240,40 @@ async fn conversation_continues_across_a_cold_start() {
         "{}",
         first.log()
     );
-    let (status, a1) = ask(
-        &first.url,
-        json!([{"role":"user","content":"I am Ada."}]),
-        "cold-chat",
-    )
-    .await;
-    assert_eq!(status, 200);
-    drop(first); // the instance goes away
+    let mut answers = Vec::new();
+    for (user, chat) in chats {
+        let (status, a1) = ask_as(
+            &first.url,
+            json!([{"role":"user","content":"I am Ada."}]),
+            chat,
+            Some(user),
+        )
+        .await;
+        assert_eq!(status, 200);
+        answers.push(a1);
+    }
+    drop(first); // the instance goes away: a cold start follows
 
     let second = start(&refs(&vars));
-    let history = json!([{"role":"user","content":"I am Ada."},{"role":"assistant","content":a1},{"role":"user","content":"Who am I?"}]);
-    let (status, _) = ask(&second.url, history, "cold-chat").await;
-    assert_eq!(status, 200);
-    let reqs = dify.requests();
-    let conversation = dify.conversation_ids(APP_KEY, "opendify")[0].clone();
-    assert_eq!(reqs[1].conversation_id(), Some(conversation.as_str()));
-    assert_eq!(reqs[1].query(), Some("Who am I?"));
+    for ((user, chat), a1) in chats.into_iter().zip(answers) {
+        let history = json!([{"role":"user","content":"I am Ada."},{"role":"assistant","content":a1},{"role":"user","content":"Who am I?"}]);
+        let (status, _) = ask_as(&second.url, history, chat, Some(user)).await;
+        assert_eq!(status, 200);
+        let conversation = dify.conversation_ids(APP_KEY, user);
+        assert_eq!(conversation.len(), 1, "{user}");
+        let turn2 = dify
+            .requests()
+            .into_iter()
+            .rev()
+            .find(|r| r.user() == Some(user))
+            .unwrap();
+        assert_eq!(
+            turn2.conversation_id(),
+            Some(conversation[0].as_str()),
+            "{user}"
+        );
+        assert_eq!(turn2.query(), Some("Who am I?"), "{user}");
+    }
 }
 
 #[tokio::test]
