@@ -6,6 +6,8 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
+
 use opendify::config::ConfigErrors;
 use opendify::store::{ConversationStore, DynamoStore, MemoryStore};
 use opendify::{AppState, Config, parameters};
@@ -102,6 +104,12 @@ async fn serve(config: Config, lambda: bool) -> Result<(), String> {
     })?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!("listening on http://{local}");
+    // Small SSE writes must leave at once: with Nagle on, each write waits for the ACK of
+    // the previous one, which a keep-alive client delays by ~40 ms (measured in
+    // tests/benches/RESULTS.md, finding A).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
