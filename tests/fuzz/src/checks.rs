@@ -1,0 +1,516 @@
+//! Properties the fuzz targets check on every input. Shared, verbatim, by the fuzz crate
+//! (`tests/fuzz/src/lib.rs`) and by the main crate's `tests/fuzz_regressions.rs`, which
+//! replays crashing inputs and the seed corpora through the same functions on stable.
+//!
+//! A property that does not hold panics with a message saying which one; libFuzzer then
+//! saves the input as a crash.
+
+use opendify::continuity::{Thread, is_background_task, thread_for};
+use opendify::dify::sse::{DecodeError, EventDecoder, decode_all};
+use opendify::dify::types::ChatMessageRequest;
+use opendify::dify::{DifyError, DifyEvent};
+use opendify::error::{ApiError, ClientError, from_dify};
+use opendify::openai::{ChatCompletionChunk, ChatCompletionRequest, FinishReason, UsageField};
+use opendify::translate::{Aggregator, ChunkMeta, Flow, Output, StreamTranslator, to_turn};
+use serde_json::Value;
+use url::Url;
+
+// ---------------------------------------------------------------------------------------
+// request: body bytes → ChatCompletionRequest → Turn → Dify query and thread key
+// ---------------------------------------------------------------------------------------
+
+/// `parse_request` of `src/routes/chat.rs`, copied because that function is private.
+/// Keep in step with it (or replace with the real one once it is public).
+fn parse_like_the_route(bytes: &[u8]) -> Result<ChatCompletionRequest, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("The request body is empty.", None));
+    }
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Ok(_) => ApiError::bad_request("The request body must be a JSON object.", None),
+                Err(e) => ApiError::bad_request(format!("not valid JSON: {e}."), None),
+            },
+        );
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let parsed: Result<ChatCompletionRequest, _> =
+        serde_path_to_error::deserialize(&mut deserializer);
+    match parsed {
+        Ok(request) => match deserializer.end() {
+            Ok(()) => Ok(request),
+            Err(e) => Err(ApiError::bad_request(format!("not valid JSON: {e}."), None)),
+        },
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if inner.is_data() {
+                let text = inner.to_string();
+                let text = match text.rfind(" at line ") {
+                    Some(i) => text[..i].to_string(),
+                    None => text,
+                };
+                Err(ApiError::bad_request(
+                    format!("Invalid request at `{path}`: {text}."),
+                    (path != ".").then_some(path),
+                ))
+            } else {
+                Err(ApiError::bad_request(
+                    format!("not valid JSON: {inner}."),
+                    None,
+                ))
+            }
+        }
+    }
+}
+
+/// Every client-facing error must serialize to a one-line OpenAI error body.
+fn check_client_error(error: &ApiError) {
+    let client = ClientError::from(error);
+    assert!(
+        client.status.is_client_error() || client.status.is_server_error(),
+        "error with status {}",
+        client.status
+    );
+    let json = serde_json::to_string(&client.body).expect("error bodies serialize");
+    assert!(!json.contains('\n'), "multi-line error body: {json}");
+    assert!(!client.body.error.message.is_empty(), "empty error message");
+}
+
+pub fn request(data: &[u8]) {
+    let routed = parse_like_the_route(data);
+    let plain = serde_json::from_slice::<ChatCompletionRequest>(data);
+    // The route only adds checks (object, no trailing bytes) on top of serde.
+    if routed.is_ok() {
+        assert!(plain.is_ok(), "the route accepted a body serde rejects");
+    }
+    let request = match (routed, plain) {
+        (Ok(r), _) => r,
+        (Err(e), Ok(r)) => {
+            check_client_error(&e);
+            // serde alone also reads a struct from an array: translate those too.
+            r
+        }
+        (Err(e), Err(_)) => {
+            check_client_error(&e);
+            return;
+        }
+    };
+
+    let chat_id = request
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get("chat_id"))
+        .and_then(Value::as_str);
+    for header in [None, Some("  header-user ")] {
+        let turn = match to_turn(&request, header) {
+            Ok(turn) => turn,
+            Err(e) => {
+                assert!(
+                    matches!(e, ApiError::BadRequest { .. }),
+                    "to_turn gave {e:?}"
+                );
+                check_client_error(&e);
+                continue;
+            }
+        };
+        assert!(!turn.message.trim().is_empty(), "empty message accepted");
+        assert!(
+            !turn.user.is_empty() && turn.user.trim() == turn.user,
+            "bad user {:?}",
+            turn.user
+        );
+        assert!(
+            turn.history.iter().all(|(_, t)| !t.trim().is_empty()),
+            "blank history entry kept"
+        );
+        assert!(turn.history.len() < request.messages.len());
+        let query = turn.folded_query();
+        if turn.history.is_empty() {
+            assert_eq!(query, turn.message);
+        } else {
+            assert!(query.ends_with(&format!("User: {}", turn.message)));
+            assert!(query.len() > turn.message.len());
+        }
+        let body = ChatMessageRequest {
+            query,
+            inputs: serde_json::Map::new(),
+            response_mode: "streaming",
+            user: turn.user.clone(),
+            conversation_id: None,
+        };
+        serde_json::to_vec(&body).expect("Dify request serializes");
+
+        for history_matching in [true, false] {
+            let thread = thread_for(
+                &request.model,
+                &turn.user,
+                chat_id,
+                &turn.history,
+                &turn.message,
+                history_matching,
+            );
+            let has_chat_id = chat_id.is_some_and(|c| !c.trim().is_empty());
+            match &thread {
+                Thread::Detached => assert!(is_background_task(&turn.message)),
+                Thread::Chat { key } => {
+                    assert!(has_chat_id);
+                    assert!(key.starts_with("chat#") && key.len() == 5 + 64, "{key}");
+                }
+                Thread::History { lookup } => {
+                    assert!(history_matching && !has_chat_id);
+                    assert_eq!(lookup.is_some(), !turn.history.is_empty());
+                    if let Some(key) = lookup {
+                        assert!(key.starts_with("hist#") && key.len() == 5 + 64, "{key}");
+                    }
+                }
+                Thread::None => assert!(!history_matching && !has_chat_id),
+            }
+            if !matches!(thread, Thread::Detached) {
+                assert!(!is_background_task(&turn.message));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// sse_frames: any split of the bytes decodes to the same events as the whole
+// ---------------------------------------------------------------------------------------
+
+/// Input layout: byte 0 (mod 16) = number of cuts `n`; the next `n` bytes are the lengths
+/// of the first `n` network reads (0 = an empty read); the rest is the SSE stream, and
+/// whatever the cuts leave is the last read. An input too short for its header is all
+/// stream, read whole.
+fn split_schedule(data: &[u8]) -> (Vec<usize>, &[u8]) {
+    let Some((&first, rest)) = data.split_first() else {
+        return (Vec::new(), data);
+    };
+    let n = usize::from(first % 16);
+    if rest.len() < n {
+        return (Vec::new(), data);
+    }
+    let (lengths, stream) = rest.split_at(n);
+    (lengths.iter().map(|&l| usize::from(l)).collect(), stream)
+}
+
+/// Feeds `stream` in the given pieces the way `EventStream::next_batch` does: push each
+/// read, stop at the first error, `finish` at the end of the body.
+fn decode_in_pieces(lengths: &[usize], stream: &[u8]) -> Vec<Result<DifyEvent, DecodeError>> {
+    let mut decoder = EventDecoder::new();
+    let mut out = Vec::new();
+    let mut rest = stream;
+    let mut pieces: Vec<&[u8]> = Vec::new();
+    for &len in lengths {
+        let (piece, tail) = rest.split_at(len.min(rest.len()));
+        pieces.push(piece);
+        rest = tail;
+    }
+    pieces.push(rest);
+    for piece in pieces {
+        decoder.push(piece, &mut out);
+        if matches!(out.last(), Some(Err(_))) {
+            return out;
+        }
+    }
+    decoder.finish(&mut out);
+    out
+}
+
+fn check_one_error_at_most_and_last(events: &[Result<DifyEvent, DecodeError>], what: &str) {
+    if let Some(i) = events.iter().position(Result::is_err) {
+        assert_eq!(i, events.len() - 1, "{what}: events after a decode error");
+    }
+}
+
+pub fn sse_frames(data: &[u8]) {
+    let (lengths, stream) = split_schedule(data);
+    let whole = decode_all(stream);
+    check_one_error_at_most_and_last(&whole, "whole");
+    let pieces = decode_in_pieces(&lengths, stream);
+    check_one_error_at_most_and_last(&pieces, "pieces");
+    assert_eq!(
+        pieces, whole,
+        "split into reads of {lengths:?} (+ rest) the stream decodes differently"
+    );
+    // Byte by byte is the most extreme schedule; inputs are small enough to afford it.
+    if stream.len() <= 4096 {
+        let ones = vec![1; stream.len()];
+        assert_eq!(
+            decode_in_pieces(&ones, stream),
+            whole,
+            "byte-by-byte decoding differs"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// translate: events → SSE for streaming clients, and → one completion; both must agree
+// ---------------------------------------------------------------------------------------
+
+const MODEL: &str = "fuzz-app";
+
+fn meta(include_usage: bool) -> ChunkMeta {
+    ChunkMeta {
+        id: "chatcmpl-fuzz".to_string(),
+        created: 1_767_225_600,
+        model: MODEL.to_string(),
+        include_usage,
+    }
+}
+
+/// What one `Output` looks like on the wire.
+enum Wire {
+    Chunk(ChatCompletionChunk),
+    Error(Value),
+    Ping,
+    Done,
+}
+
+fn read_wire(output: &Output) -> Wire {
+    let mut buf = Vec::new();
+    output.write_sse(&mut buf);
+    let text = String::from_utf8(buf).expect("SSE output is UTF-8");
+    let wire = match text.as_str() {
+        ": ping\n\n" => Wire::Ping,
+        "data: [DONE]\n\n" => Wire::Done,
+        _ => {
+            let json = text
+                .strip_prefix("data: ")
+                .and_then(|t| t.strip_suffix("\n\n"))
+                .unwrap_or_else(|| panic!("not an SSE data frame: {text:?}"));
+            assert!(
+                !json.contains(['\n', '\r']),
+                "data line spans lines: {text:?}"
+            );
+            let value: Value = serde_json::from_str(json)
+                .unwrap_or_else(|e| panic!("data line is not JSON ({e}): {json:?}"));
+            if value.get("error").is_some() {
+                Wire::Error(value)
+            } else {
+                Wire::Chunk(
+                    serde_json::from_value(value)
+                        .unwrap_or_else(|e| panic!("not a chunk ({e}): {json:?}")),
+                )
+            }
+        }
+    };
+    match (&wire, output) {
+        (Wire::Chunk(_), Output::Chunk(_))
+        | (Wire::Error(_), Output::Error(_))
+        | (Wire::Ping, Output::KeepAlive)
+        | (Wire::Done, Output::Done) => {}
+        _ => panic!("{output:?} written as {text:?}"),
+    }
+    wire
+}
+
+/// How a stream ended, as the client saw it.
+struct Streamed {
+    text: String,
+    finish: Option<FinishReason>,
+    usage: Option<(u64, u64, u64)>,
+    error: Option<Value>,
+}
+
+/// Drives the translator as `pump` does, then pokes it after the end: nothing more may come.
+fn stream(events: &[Result<DifyEvent, DecodeError>], include_usage: bool) -> Streamed {
+    let mut t = StreamTranslator::new(meta(include_usage), file_base());
+    let mut out = vec![t.start()];
+    let mut stopped = false;
+    for event in events {
+        match event {
+            Ok(e) => {
+                if t.on_event(e.clone(), &mut out) == Flow::Stop {
+                    stopped = true;
+                    break;
+                }
+            }
+            Err(err) => {
+                t.fail(&DifyError::Stream(err.to_string()), &mut out);
+                stopped = true;
+                break;
+            }
+        }
+    }
+    if !stopped {
+        t.finish(&mut out);
+    }
+    let ended_at = out.len();
+    // After the end: more events, another finish, another failure. All must be silent.
+    let ping = DifyEvent {
+        task_id: None,
+        conversation_id: None,
+        event: opendify::dify::Event::Ping,
+    };
+    assert_eq!(t.on_event(ping, &mut out), Flow::Stop);
+    t.finish(&mut out);
+    t.fail(&DifyError::Stream("late".to_string()), &mut out);
+    assert_eq!(
+        out.len(),
+        ended_at,
+        "output after the end: {:?}",
+        &out[ended_at..]
+    );
+
+    let wires: Vec<Wire> = out.iter().map(read_wire).collect();
+    let (last, body) = wires.split_last().expect("at least the opening chunk");
+    match wires.first() {
+        Some(Wire::Chunk(c)) => {
+            assert_eq!(c.choices.len(), 1);
+            assert_eq!(c.choices[0].delta.role.as_deref(), Some("assistant"));
+        }
+        _ => panic!("the stream does not open with the role chunk"),
+    }
+    let mut s = Streamed {
+        text: String::new(),
+        finish: None,
+        usage: None,
+        error: None,
+    };
+    let mut finishes = 0;
+    for (i, w) in wires.iter().enumerate() {
+        match w {
+            Wire::Chunk(c) => {
+                assert_eq!(
+                    (c.id.as_str(), c.object.as_str(), c.model.as_str()),
+                    ("chatcmpl-fuzz", "chat.completion.chunk", MODEL)
+                );
+                for choice in &c.choices {
+                    if i > 0 {
+                        assert!(choice.delta.role.is_none(), "role after the first chunk");
+                    }
+                    if let Some(text) = &choice.delta.content {
+                        s.text.push_str(text);
+                    }
+                    if let Some(reason) = choice.finish_reason {
+                        finishes += 1;
+                        s.finish = Some(reason);
+                        assert!(
+                            choice.delta.content.is_none(),
+                            "content in the finish chunk"
+                        );
+                    }
+                }
+                match &c.usage {
+                    UsageField::Value(u) => {
+                        assert!(include_usage, "usage sent without stream_options");
+                        assert!(c.choices.is_empty(), "usage chunk with choices");
+                        assert!(s.usage.is_none(), "two usage chunks");
+                        assert!(s.finish.is_some(), "usage before the finish chunk");
+                        s.usage = Some((u.prompt_tokens, u.completion_tokens, u.total_tokens));
+                    }
+                    UsageField::Null(()) => {
+                        assert!(include_usage);
+                        assert!(!c.choices.is_empty());
+                    }
+                    UsageField::Absent => {
+                        assert!(!include_usage, "usage missing with include_usage");
+                        assert!(!c.choices.is_empty());
+                    }
+                }
+            }
+            Wire::Ping => {}
+            Wire::Error(v) => {
+                assert_eq!(i, wires.len() - 1, "output after an error event");
+                s.error = Some(v.clone());
+            }
+            Wire::Done => assert_eq!(i, wires.len() - 1, "output after [DONE]"),
+        }
+    }
+    assert!(finishes <= 1, "{finishes} finish chunks");
+    match last {
+        Wire::Done => {
+            assert_eq!(finishes, 1, "[DONE] without a finish chunk");
+            assert_eq!(s.usage.is_some(), include_usage, "usage chunk");
+            if include_usage {
+                // The usage chunk sits right before [DONE].
+                assert!(matches!(body.last(), Some(Wire::Chunk(c)) if c.choices.is_empty()));
+            }
+        }
+        Wire::Error(_) => assert_eq!(finishes, 0, "finish chunk and an error"),
+        _ => panic!("the stream ends with neither [DONE] nor an error"),
+    }
+    assert_eq!(
+        t.visible_text(),
+        s.text,
+        "visible_text differs from the deltas"
+    );
+    assert_eq!(
+        t.error_code(),
+        s.error.as_ref().and_then(|v| v["error"]["code"].as_str()),
+        "error_code"
+    );
+    s
+}
+
+fn file_base() -> Url {
+    Url::parse("https://dify.example/v1/").expect("static URL")
+}
+
+pub fn translate(data: &[u8]) {
+    let Some((&flags, stream_bytes)) = data.split_first() else {
+        return;
+    };
+    let include_usage = flags & 1 == 1;
+    let events = decode_all(stream_bytes);
+    let streamed = stream(&events, include_usage);
+
+    let mut a = Aggregator::new(file_base());
+    for event in &events {
+        match event {
+            Ok(e) => {
+                if a.on_event(e.clone()) == Flow::Stop {
+                    break;
+                }
+            }
+            Err(err) => {
+                a.fail(DifyError::Stream(err.to_string()));
+                break;
+            }
+        }
+    }
+    match a.finish(&meta(false)) {
+        Ok(completion) => {
+            assert!(
+                streamed.error.is_none(),
+                "the stream failed ({:?}) but the aggregate succeeded",
+                streamed.error
+            );
+            assert_eq!(completion.choices.len(), 1);
+            let choice = &completion.choices[0];
+            assert_eq!(Some(choice.finish_reason), streamed.finish, "finish reason");
+            let content = &choice.message.content;
+            if choice.finish_reason == FinishReason::Stop {
+                assert_eq!(
+                    content, &streamed.text,
+                    "aggregated content differs from the streamed deltas"
+                );
+            } else {
+                // After message_replace the stream keeps what it sent; the replacement
+                // and everything after it ends both.
+                assert!(
+                    streamed.text.ends_with(content.as_str()),
+                    "aggregated {content:?} does not end the streamed {:?}",
+                    streamed.text
+                );
+            }
+            if let Some(u) = streamed.usage {
+                let c = &completion.usage;
+                assert_eq!((c.prompt_tokens, c.completion_tokens, c.total_tokens), u);
+            }
+            let json = serde_json::to_string(&completion).expect("completion serializes");
+            assert!(!json.contains('\n'));
+        }
+        Err(error) => {
+            let body = streamed.error.unwrap_or_else(|| {
+                panic!("the aggregate failed ({error}) but the stream succeeded")
+            });
+            let expected = serde_json::to_value(from_dify(MODEL, &error, true).body)
+                .expect("error body serializes");
+            assert_eq!(
+                body, expected,
+                "stream and aggregate report different errors"
+            );
+        }
+    }
+}
