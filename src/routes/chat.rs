@@ -213,7 +213,8 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 }
 
 /// JSON syntax errors and type errors get different messages; type errors name the field.
-fn parse_request(bytes: &[u8]) -> Result<ChatCompletionRequest, ApiError> {
+/// Public for the fuzz targets, which must exercise exactly this parsing.
+pub fn parse_request(bytes: &[u8]) -> Result<ChatCompletionRequest, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request(
             "The request body is empty: send a JSON chat completion request with `model` and `messages`.",

@@ -5,6 +5,8 @@ mod chat;
 mod conversation;
 mod models;
 
+pub use chat::parse_request;
+
 use axum::Router;
 use axum::extract::Request;
 use std::time::Duration;

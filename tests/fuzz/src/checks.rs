@@ -19,49 +19,9 @@ use url::Url;
 // request: body bytes → ChatCompletionRequest → Turn → Dify query and thread key
 // ---------------------------------------------------------------------------------------
 
-/// `parse_request` of `src/routes/chat.rs`, copied because that function is private.
-/// Keep in step with it (or replace with the real one once it is public).
+/// The route's own body parsing.
 fn parse_like_the_route(bytes: &[u8]) -> Result<ChatCompletionRequest, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("The request body is empty.", None));
-    }
-    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(
-            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
-                Ok(_) => ApiError::bad_request("The request body must be a JSON object.", None),
-                Err(e) => ApiError::bad_request(format!("not valid JSON: {e}."), None),
-            },
-        );
-    }
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let parsed: Result<ChatCompletionRequest, _> =
-        serde_path_to_error::deserialize(&mut deserializer);
-    match parsed {
-        Ok(request) => match deserializer.end() {
-            Ok(()) => Ok(request),
-            Err(e) => Err(ApiError::bad_request(format!("not valid JSON: {e}."), None)),
-        },
-        Err(e) => {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            if inner.is_data() {
-                let text = inner.to_string();
-                let text = match text.rfind(" at line ") {
-                    Some(i) => text[..i].to_string(),
-                    None => text,
-                };
-                Err(ApiError::bad_request(
-                    format!("Invalid request at `{path}`: {text}."),
-                    (path != ".").then_some(path),
-                ))
-            } else {
-                Err(ApiError::bad_request(
-                    format!("not valid JSON: {inner}."),
-                    None,
-                ))
-            }
-        }
-    }
+    opendify::routes::parse_request(bytes)
 }
 
 /// Every client-facing error must serialize to a one-line OpenAI error body.
