@@ -154,11 +154,6 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 impl Config {
-    /// Reads the process environment.
-    pub fn from_env() -> Result<Self, ConfigErrors> {
-        Self::from_lookup(|name| std::env::var(name).ok())
-    }
-
     /// Builds the configuration from any variable source (the environment in production,
     /// a map in tests).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
