@@ -39,14 +39,18 @@ impl ConversationLink {
         }
     }
 
+    /// The store key this request's conversation was looked up under, if any.
+    fn lookup_key(&self) -> Option<&str> {
+        match &self.thread {
+            Thread::Chat { key } | Thread::History { lookup: Some(key) } => Some(key),
+            _ => None,
+        }
+    }
+
     /// Looks up the stored conversation. A store failure means "none": the request goes
     /// out as a new conversation with the folded history.
     pub async fn lookup(&mut self) -> Option<String> {
-        let key = match &self.thread {
-            Thread::Chat { key } => key.clone(),
-            Thread::History { lookup: Some(key) } => key.clone(),
-            _ => return None,
-        };
+        let key = self.lookup_key()?.to_string();
         match self.store.get(&key).await {
             Ok(found) => self.continued = found,
             Err(e) => warn_once(&self.warned, "look up the conversation", &e),
@@ -59,10 +63,8 @@ impl ConversationLink {
         let Some(conversation) = self.continued.take() else {
             return;
         };
-        let key = match &self.thread {
-            Thread::Chat { key } => key.clone(),
-            Thread::History { lookup: Some(key) } => key.clone(),
-            _ => return,
+        let Some(key) = self.lookup_key().map(str::to_string) else {
+            return;
         };
         if let Err(e) = self.store.delete(&key, &conversation).await {
             warn_once(&self.warned, "drop the stale conversation", &e);

@@ -4,7 +4,7 @@
 use url::Url;
 
 use crate::dify::types::Usage;
-use crate::dify::{DifyError, Event};
+use crate::dify::{DifyError, DifyEvent, Event};
 
 /// The effect of one event on the answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +30,8 @@ pub struct AnswerTracker {
     agent_text_seen: bool,
     workflow_failure: Option<String>,
     file_base: Url,
+    task_id: Option<String>,
+    conversation_id: Option<String>,
 }
 
 impl AnswerTracker {
@@ -40,11 +42,34 @@ impl AnswerTracker {
             agent_text_seen: false,
             workflow_failure: None,
             file_base,
+            task_id: None,
+            conversation_id: None,
         }
     }
 
     pub fn answer(&self) -> &str {
         &self.answer
+    }
+
+    /// Dify's task id, from the first frame that carries one (needed to stop the task).
+    pub fn task_id(&self) -> Option<&str> {
+        self.task_id.as_deref()
+    }
+
+    /// The conversation id, from the first frame that carries a non-empty one.
+    pub fn conversation_id(&self) -> Option<&str> {
+        self.conversation_id.as_deref()
+    }
+
+    /// Records the frame's ids, then applies its event.
+    pub fn apply_frame(&mut self, frame: DifyEvent) -> Step {
+        if self.task_id.is_none() {
+            self.task_id = frame.task_id;
+        }
+        if self.conversation_id.is_none() {
+            self.conversation_id = frame.conversation_id.filter(|c| !c.is_empty());
+        }
+        self.apply(frame.event)
     }
 
     pub fn apply(&mut self, event: Event) -> Step {

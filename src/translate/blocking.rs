@@ -14,8 +14,6 @@ pub struct Aggregator {
     ended: bool,
     replaced: bool,
     failure: Option<DifyError>,
-    task_id: Option<String>,
-    conversation_id: Option<String>,
 }
 
 impl Aggregator {
@@ -26,30 +24,22 @@ impl Aggregator {
             ended: false,
             replaced: false,
             failure: None,
-            task_id: None,
-            conversation_id: None,
         }
     }
 
     pub fn task_id(&self) -> Option<&str> {
-        self.task_id.as_deref()
+        self.tracker.task_id()
     }
 
     pub fn conversation_id(&self) -> Option<&str> {
-        self.conversation_id.as_deref()
+        self.tracker.conversation_id()
     }
 
     pub fn on_event(&mut self, event: DifyEvent) -> Flow {
         if self.failure.is_some() {
             return Flow::Stop;
         }
-        if self.task_id.is_none() {
-            self.task_id = event.task_id;
-        }
-        if self.conversation_id.is_none() {
-            self.conversation_id = event.conversation_id.filter(|c| !c.is_empty());
-        }
-        match self.tracker.apply(event.event) {
+        match self.tracker.apply_frame(event) {
             Step::Nothing | Step::KeepAlive | Step::Append(_) => {}
             Step::Replace(_) => self.replaced = true,
             Step::End(usage) => {

@@ -68,8 +68,6 @@ pub struct StreamTranslator {
     replaced: bool,
     emitted_text: bool,
     finished: bool,
-    task_id: Option<String>,
-    conversation_id: Option<String>,
     error_code: Option<String>,
     /// Every content delta sent so far: the answer as the client will send it back.
     visible: String,
@@ -85,8 +83,6 @@ impl StreamTranslator {
             replaced: false,
             emitted_text: false,
             finished: false,
-            task_id: None,
-            conversation_id: None,
             error_code: None,
             visible: String::new(),
         }
@@ -104,11 +100,11 @@ impl StreamTranslator {
 
     /// Dify's task id, known from the first frame that carries it (needed to stop the task).
     pub fn task_id(&self) -> Option<&str> {
-        self.task_id.as_deref()
+        self.tracker.task_id()
     }
 
     pub fn conversation_id(&self) -> Option<&str> {
-        self.conversation_id.as_deref()
+        self.tracker.conversation_id()
     }
 
     pub fn model(&self) -> &str {
@@ -131,13 +127,7 @@ impl StreamTranslator {
         if self.finished {
             return Flow::Stop;
         }
-        if self.task_id.is_none() {
-            self.task_id = event.task_id;
-        }
-        if self.conversation_id.is_none() {
-            self.conversation_id = event.conversation_id.filter(|c| !c.is_empty());
-        }
-        match self.tracker.apply(event.event) {
+        match self.tracker.apply_frame(event) {
             Step::Nothing => {}
             Step::KeepAlive => out.push(Output::KeepAlive),
             Step::Append(text) => {
