@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+// tokio's Instant so tests can run the expiry on a paused clock; same as std's otherwise.
+use std::time::Duration;
+use tokio::time::Instant;
 
 use super::{BoxFuture, ConversationStore, PutOutcome, StoreError};
 

@@ -149,10 +149,11 @@ async fn tokens_are_forwarded_as_they_arrive() {
         .collect();
     assert_eq!(content_frames.len(), 5);
     // Five tokens written 200 ms apart by Dify reach the client spread out the same way,
-    // not all together at the end.
+    // not all together at the end. The slack absorbs a loaded machine's scheduling
+    // hiccups; buffering would show as gaps near zero.
     for pair in content_frames.windows(2) {
         let gap = pair[1].at - pair[0].at;
-        assert!(gap >= pace / 2, "tokens bunched together: {gap:?}");
+        assert!(gap >= pace / 4, "tokens bunched together: {gap:?}");
     }
     let first_to_done = r.frames.last().unwrap().at - content_frames[0].at;
     assert!(

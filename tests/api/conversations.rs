@@ -206,6 +206,9 @@ async fn concurrent_first_turns_end_with_one_mapping() {
             ..AnswerSpec::new("one two three")
         }),
     );
+    // Every first turn has looked up the store (and found nothing) before
+    // Dify answers any of them, so all four race to write their mapping.
+    app.dify.hold_answers_until(4);
     let first = turn(MODEL, &[("user", "start")], None).0;
     let answers = futures_util::future::join_all(
         (0..4).map(|_| send(&app, first.clone(), Some("race"), None)),

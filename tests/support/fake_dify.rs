@@ -416,6 +416,13 @@ impl FakeDify {
         d.hits.remove(key);
     }
 
+    /// Holds every `/chat-messages` answer (before its status line) until `n`
+    /// requests have arrived, or 10 s passed: makes races between concurrent
+    /// requests happen for sure instead of depending on the machine's speed.
+    pub fn hold_answers_until(&self, n: usize) {
+        self.shared.lock().hold_until = n;
+    }
+
     /// Every request to `/chat-messages` so far, oldest first.
     pub fn requests(&self) -> Vec<Recorded> {
         self.shared.lock().requests.clone()
@@ -520,6 +527,8 @@ struct Data {
     conversations: HashMap<(String, String), Vec<String>>,
     tasks: HashMap<String, Vec<TaskEntry>>,
     next_task_serial: u64,
+    /// See [`FakeDify::hold_answers_until`].
+    hold_until: usize,
 }
 
 struct TaskEntry {
@@ -640,6 +649,8 @@ async fn chat_messages(State(st): State<Arc<Shared>>, headers: HeaderMap, body: 
         at: Instant::now(),
     });
 
+    hold(&st).await;
+
     let key = match token {
         Ok(key) if st.knows_key(&key) => key,
         Ok(_) => return unauthorized(MSG_BAD_TOKEN),
@@ -663,6 +674,20 @@ async fn chat_messages(State(st): State<Arc<Shared>>, headers: HeaderMap, body: 
         return unauthorized(MSG_BAD_TOKEN);
     };
     run_scenario(&st, Request { key, user, args }, scenario).await
+}
+
+async fn hold(st: &Shared) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let ready = {
+            let d = st.lock();
+            d.requests.len() >= d.hold_until
+        };
+        if ready {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 async fn stop_task(
