@@ -482,17 +482,7 @@ impl FakeDify {
     }
 
     async fn wait_for<T>(&self, timeout: Duration, f: impl Fn(&Data) -> Option<T>) -> Option<T> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(v) = f(&self.shared.lock()) {
-                return Some(v);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            tokio::time::sleep((deadline - now).min(Duration::from_millis(5))).await;
-        }
+        self.shared.wait_for(timeout, f).await
     }
 }
 
@@ -541,6 +531,21 @@ struct TaskEntry {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Data> {
         self.data.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Polls `f` under the lock until it yields a value or `timeout` passes.
+    async fn wait_for<T>(&self, timeout: Duration, f: impl Fn(&Data) -> Option<T>) -> Option<T> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f(&self.lock()) {
+                return Some(v);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            tokio::time::sleep((deadline - now).min(Duration::from_millis(5))).await;
+        }
     }
 
     fn knows_key(&self, key: &str) -> bool {
@@ -677,17 +682,10 @@ async fn chat_messages(State(st): State<Arc<Shared>>, headers: HeaderMap, body: 
 }
 
 async fn hold(st: &Shared) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        let ready = {
-            let d = st.lock();
-            d.requests.len() >= d.hold_until
-        };
-        if ready {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    st.wait_for(Duration::from_secs(10), |d| {
+        (d.requests.len() >= d.hold_until).then_some(())
+    })
+    .await;
 }
 
 async fn stop_task(
