@@ -283,7 +283,7 @@ impl EventStream {
                 Ok(event) => out.push(Ok(event)),
                 Err(e) => {
                     self.done = true;
-                    out.push(Err(decode_error(e)));
+                    out.push(Err(e.into()));
                     break;
                 }
             }
@@ -300,6 +300,8 @@ impl EventStream {
     }
 }
 
-fn decode_error(e: DecodeError) -> DifyError {
-    DifyError::Stream(e.to_string())
+impl From<DecodeError> for DifyError {
+    fn from(e: DecodeError) -> Self {
+        DifyError::Stream(e.to_string())
+    }
 }

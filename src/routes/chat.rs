@@ -401,14 +401,10 @@ async fn pump(
             more = upstream.next_batch(&mut events) => more,
         };
         for item in events.drain(..) {
-            let flow = match item {
-                Ok(event) => translator.on_event(event, &mut outputs),
-                Err(error) => {
-                    tracing::warn!(error = %short(&error), "Dify stream failed mid-answer");
-                    translator.fail(&error, &mut outputs);
-                    Flow::Stop
-                }
-            };
+            if let Err(error) = &item {
+                tracing::warn!(error = %short(error), "Dify stream failed mid-answer");
+            }
+            let flow = translator.on_item(item, &mut outputs);
             answering.task.learn(translator.task_id());
             if let Some(conversation) = translator.conversation_id() {
                 answering.link.on_conversation(conversation);
@@ -454,21 +450,13 @@ async fn aggregate_answer(
     'read: loop {
         let more = upstream.next_batch(&mut events).await;
         for item in events.drain(..) {
-            match item {
-                Ok(event) => {
-                    let flow = aggregator.on_event(event);
-                    answering.task.learn(aggregator.task_id());
-                    if let Some(conversation) = aggregator.conversation_id() {
-                        answering.link.on_conversation(conversation);
-                    }
-                    if flow == Flow::Stop {
-                        break 'read;
-                    }
-                }
-                Err(error) => {
-                    aggregator.fail(error);
-                    break 'read;
-                }
+            let flow = aggregator.on_item(item);
+            answering.task.learn(aggregator.task_id());
+            if let Some(conversation) = aggregator.conversation_id() {
+                answering.link.on_conversation(conversation);
+            }
+            if flow == Flow::Stop {
+                break 'read;
             }
         }
         if !more {

@@ -35,6 +35,17 @@ impl Aggregator {
         self.tracker.conversation_id()
     }
 
+    /// One item of Dify's decoded stream: an event, or the error that broke the stream.
+    pub fn on_item(&mut self, item: Result<DifyEvent, DifyError>) -> Flow {
+        match item {
+            Ok(event) => self.on_event(event),
+            Err(error) => {
+                self.fail(error);
+                Flow::Stop
+            }
+        }
+    }
+
     pub fn on_event(&mut self, event: DifyEvent) -> Flow {
         if self.failure.is_some() {
             return Flow::Stop;

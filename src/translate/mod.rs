@@ -49,25 +49,13 @@ mod tests {
     ) -> String {
         let mut t = StreamTranslator::new(meta(include_usage), base());
         let mut out = vec![t.start()];
-        let mut stopped = false;
         for e in events {
-            match e {
-                Ok(e) => {
-                    if t.on_event(e, &mut out) == Flow::Stop {
-                        stopped = true;
-                        break;
-                    }
-                }
-                Err(err) => {
-                    t.fail(&DifyError::Stream(err.to_string()), &mut out);
-                    stopped = true;
-                    break;
-                }
+            if t.on_item(e.map_err(DifyError::from), &mut out) == Flow::Stop {
+                break;
             }
         }
-        if !stopped {
-            t.finish(&mut out);
-        }
+        // After a stop this adds nothing: the stream already ended.
+        t.finish(&mut out);
         let mut buf = Vec::new();
         for o in &out {
             o.write_sse(&mut buf);
@@ -127,16 +115,8 @@ mod tests {
     ) -> Result<ChatCompletion, DifyError> {
         let mut a = Aggregator::new(base());
         for e in events {
-            match e {
-                Ok(e) => {
-                    if a.on_event(e) == Flow::Stop {
-                        break;
-                    }
-                }
-                Err(err) => {
-                    a.fail(DifyError::Stream(err.to_string()));
-                    break;
-                }
+            if a.on_item(e.map_err(DifyError::from)) == Flow::Stop {
+                break;
             }
         }
         a.finish(&meta(false))

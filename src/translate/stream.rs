@@ -123,6 +123,17 @@ impl StreamTranslator {
         ))
     }
 
+    /// One item of Dify's decoded stream: an event, or the error that broke the stream.
+    pub fn on_item(&mut self, item: Result<DifyEvent, DifyError>, out: &mut Vec<Output>) -> Flow {
+        match item {
+            Ok(event) => self.on_event(event, out),
+            Err(error) => {
+                self.fail(&error, out);
+                Flow::Stop
+            }
+        }
+    }
+
     pub fn on_event(&mut self, event: DifyEvent, out: &mut Vec<Output>) -> Flow {
         if self.finished {
             return Flow::Stop;

@@ -235,19 +235,9 @@ fn on_events(
     translator: &mut StreamTranslator,
     outputs: &mut Vec<Output>,
 ) -> bool {
-    for item in events.drain(..) {
-        let flow = match item {
-            Ok(event) => translator.on_event(event, outputs),
-            Err(e) => {
-                translator.fail(&DifyError::Stream(e.to_string()), outputs);
-                Flow::Stop
-            }
-        };
-        if flow == Flow::Stop {
-            return true;
-        }
-    }
-    false
+    events
+        .drain(..)
+        .any(|item| translator.on_item(item.map_err(DifyError::from), outputs) == Flow::Stop)
 }
 
 fn decode_only(t: &Transcript) -> usize {

@@ -278,18 +278,9 @@ fn stream(events: &[Result<DifyEvent, DecodeError>], include_usage: bool) -> Str
     let mut out = vec![t.start()];
     let mut stopped = false;
     for event in events {
-        match event {
-            Ok(e) => {
-                if t.on_event(e.clone(), &mut out) == Flow::Stop {
-                    stopped = true;
-                    break;
-                }
-            }
-            Err(err) => {
-                t.fail(&DifyError::Stream(err.to_string()), &mut out);
-                stopped = true;
-                break;
-            }
+        if t.on_item(event.clone().map_err(DifyError::from), &mut out) == Flow::Stop {
+            stopped = true;
+            break;
         }
     }
     if !stopped {
@@ -417,16 +408,8 @@ pub fn translate(data: &[u8]) {
 
     let mut a = Aggregator::new(file_base());
     for event in &events {
-        match event {
-            Ok(e) => {
-                if a.on_event(e.clone()) == Flow::Stop {
-                    break;
-                }
-            }
-            Err(err) => {
-                a.fail(DifyError::Stream(err.to_string()));
-                break;
-            }
+        if a.on_item(event.clone().map_err(DifyError::from)) == Flow::Stop {
+            break;
         }
     }
     match a.finish(&meta(false)) {
