@@ -14,7 +14,6 @@
 
 mod support;
 
-use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -23,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+use support::process::drain;
 use support::{FakeDify, Scenario, Split};
 
 const PROXY_KEY: &str = "local-dev-key";
@@ -335,18 +335,6 @@ impl Drop for Watch {
             let _ = reader.join();
         }
     }
-}
-
-fn drain(mut pipe: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = pipe.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            into.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    })
 }
 
 /// A command's exit status and output, killed if it runs longer than `COMMAND_TIMEOUT`.

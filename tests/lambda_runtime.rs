@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::io::Read;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -13,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::lambda_runtime::{FakeRuntime, Invocation};
+use support::process::drain;
 use support::{FakeDify, Scenario, Split, fixture_bytes};
 
 /// The proxy key and model name the event files use (README: run locally with
@@ -122,18 +122,6 @@ impl Drop for Function {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn drain(mut pipe: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = pipe.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            into.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    })
 }
 
 fn event_path(name: &str) -> String {

@@ -472,39 +472,24 @@ mod tests {
 
     #[test]
     fn service_codes_map_to_kinds() {
-        let c = || "x".to_string();
-        assert!(matches!(
-            classify_service("ProvisionedThroughputExceededException", 400, c()),
-            StoreError::Throttled(_)
-        ));
-        assert!(matches!(
-            classify_service("ThrottlingException", 400, c()),
-            StoreError::Throttled(_)
-        ));
-        assert!(matches!(
-            classify_service("AccessDeniedException", 400, c()),
-            StoreError::AccessDenied(_)
-        ));
-        assert!(matches!(
-            classify_service("UnrecognizedClientException", 400, c()),
-            StoreError::AccessDenied(_)
-        ));
-        assert!(matches!(
-            classify_service("InternalServerError", 500, c()),
-            StoreError::Unavailable(_)
-        ));
-        assert!(matches!(
-            classify_service("", 503, c()),
-            StoreError::Unavailable(_)
-        ));
-        assert!(matches!(
-            classify_service("ResourceNotFoundException", 400, c()),
-            StoreError::Other(_)
-        ));
-        assert!(matches!(
-            classify_service("ValidationException", 400, c()),
-            StoreError::Other(_)
-        ));
+        let kind = |code: &str, status: u16| match classify_service(code, status, "x".to_string()) {
+            StoreError::Throttled(_) => "throttled",
+            StoreError::AccessDenied(_) => "denied",
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Other(_) => "other",
+        };
+        for (code, status, expected) in [
+            ("ProvisionedThroughputExceededException", 400, "throttled"),
+            ("ThrottlingException", 400, "throttled"),
+            ("AccessDeniedException", 400, "denied"),
+            ("UnrecognizedClientException", 400, "denied"),
+            ("InternalServerError", 500, "unavailable"),
+            ("", 503, "unavailable"),
+            ("ResourceNotFoundException", 400, "other"),
+            ("ValidationException", 400, "other"),
+        ] {
+            assert_eq!(kind(code, status), expected, "{code} {status}");
+        }
     }
 
     #[test]

@@ -64,13 +64,7 @@ async fn every_route_requires_a_valid_proxy_key() {
 #[tokio::test]
 async fn unknown_path_and_wrong_method_are_openai_errors() {
     let app = spawn_app().await;
-    let r = app
-        .client
-        .get(format!("{}/v1/completions", app.url))
-        .bearer_auth(PROXY_KEY)
-        .send()
-        .await
-        .unwrap();
+    let r = app.get("/v1/completions").send().await.unwrap();
     assert_eq!(r.status(), 404);
     assert_openai_error(&r.json().await.unwrap(), "unknown_url");
 
@@ -106,13 +100,7 @@ async fn explicit_opt_out_serves_without_keys() {
 #[tokio::test]
 async fn responses_carry_a_request_id() {
     let app = spawn_app().await;
-    let r = app
-        .client
-        .get(format!("{}/v1/models", app.url))
-        .bearer_auth(PROXY_KEY)
-        .send()
-        .await
-        .unwrap();
+    let r = app.get("/v1/models").send().await.unwrap();
     assert!(
         r.headers()["x-request-id"]
             .to_str()
@@ -176,9 +164,7 @@ async fn cors_headers_are_on_answers_errors_and_streams() {
     );
     let origin = "https://chat.example.com";
     let ok = app
-        .client
-        .get(format!("{}/v1/models", app.url))
-        .bearer_auth(PROXY_KEY)
+        .get("/v1/models")
         .header("origin", origin)
         .send()
         .await
@@ -218,13 +204,7 @@ async fn cors_headers_are_on_answers_errors_and_streams() {
 #[tokio::test]
 async fn cors_origins_can_be_restricted_or_disabled() {
     let app = spawn_app_with(&[("CORS_ALLOW_ORIGINS", "https://chat.example.com")]).await;
-    let get = |origin: &'static str| {
-        app.client
-            .get(format!("{}/v1/models", app.url))
-            .bearer_auth(PROXY_KEY)
-            .header("origin", origin)
-            .send()
-    };
+    let get = |origin: &'static str| app.get("/v1/models").header("origin", origin).send();
     let allowed = get("https://chat.example.com").await.unwrap();
     assert_eq!(
         allowed.headers()["access-control-allow-origin"],
@@ -235,9 +215,7 @@ async fn cors_origins_can_be_restricted_or_disabled() {
 
     let off = spawn_app_with(&[("CORS_ALLOW_ORIGINS", "none")]).await;
     let r = off
-        .client
-        .get(format!("{}/v1/models", off.url))
-        .bearer_auth(PROXY_KEY)
+        .get("/v1/models")
         .header("origin", "https://a.example")
         .send()
         .await

@@ -9,19 +9,12 @@ use crate::helpers::*;
 use crate::support::moto::{Moto, number};
 use crate::support::{AnswerSpec, Scenario};
 
-fn turn(
-    model: &str,
-    history: &[(&str, &str)],
-    header_chat: Option<&str>,
-) -> (Value, Option<String>) {
+fn turn(model: &str, history: &[(&str, &str)]) -> Value {
     let messages: Vec<Value> = history
         .iter()
         .map(|(r, c)| json!({"role": r, "content": c}))
         .collect();
-    (
-        json!({"model": model, "messages": messages}),
-        header_chat.map(str::to_string),
-    )
+    json!({"model": model, "messages": messages})
 }
 
 /// Sends one turn and returns the assistant's answer.
@@ -59,16 +52,15 @@ async fn continues_by_chat_id_header_sending_only_the_new_message() {
     let (app, table) = spawn_app_dynamo(&[("CONVERSATION_HISTORY_MATCHING", "false")]).await;
     app.dify
         .set(APP_KEY, Scenario::answer_with_conversations("Hello Ada."));
-    let (b1, _) = turn(MODEL, &[("user", "My name is Ada.")], None);
+    let b1 = turn(MODEL, &[("user", "My name is Ada.")]);
     let a1 = send(&app, b1, Some("chat-1"), None).await;
-    let (b2, _) = turn(
+    let b2 = turn(
         MODEL,
         &[
             ("user", "My name is Ada."),
             ("assistant", &a1),
             ("user", "What is my name?"),
         ],
-        None,
     );
     send(&app, b2, Some("chat-1"), None).await;
 
@@ -141,42 +133,24 @@ async fn switching_model_or_user_never_reuses_a_foreign_conversation() {
 
     send(
         &app,
-        turn(MODEL, &[("user", "hi")], None).0,
+        turn(MODEL, &[("user", "hi")]),
         Some("shared"),
         Some("alice"),
     )
     .await;
     // Same chat id, other model: a new conversation in the other app, history folded.
-    send(
-        &app,
-        turn("zeta", &history, None).0,
-        Some("shared"),
-        Some("alice"),
-    )
-    .await;
+    send(&app, turn("zeta", &history), Some("shared"), Some("alice")).await;
     // Same chat id, other user: a new conversation.
     send(
         &app,
-        turn(MODEL, &[("user", "hi")], None).0,
+        turn(MODEL, &[("user", "hi")]),
         Some("shared"),
         Some("bob"),
     )
     .await;
     // Each continues its own.
-    send(
-        &app,
-        turn(MODEL, &history, None).0,
-        Some("shared"),
-        Some("alice"),
-    )
-    .await;
-    send(
-        &app,
-        turn(MODEL, &history, None).0,
-        Some("shared"),
-        Some("bob"),
-    )
-    .await;
+    send(&app, turn(MODEL, &history), Some("shared"), Some("alice")).await;
+    send(&app, turn(MODEL, &history), Some("shared"), Some("bob")).await;
 
     let reqs = app.dify.requests();
     assert_eq!(
@@ -209,7 +183,7 @@ async fn concurrent_first_turns_end_with_one_mapping() {
     // Every first turn has looked up the store (and found nothing) before
     // Dify answers any of them, so all four race to write their mapping.
     app.dify.hold_answers_until(4);
-    let first = turn(MODEL, &[("user", "start")], None).0;
+    let first = turn(MODEL, &[("user", "start")]);
     let answers = futures_util::future::join_all(
         (0..4).map(|_| send(&app, first.clone(), Some("race"), None)),
     )
@@ -234,9 +208,7 @@ async fn concurrent_first_turns_end_with_one_mapping() {
             ("assistant", "one two three"),
             ("user", "more"),
         ],
-        None,
-    )
-    .0;
+    );
     for _ in 0..3 {
         send(&app, next.clone(), Some("race"), None).await;
     }
@@ -255,12 +227,7 @@ async fn continues_without_chat_id_over_three_turns() {
         .set(APP_KEY, Scenario::answer_with_conversations("Noted,  Ada."));
     let a1 = send(
         &app,
-        turn(
-            MODEL,
-            &[("system", "Be kind."), ("user", "I am Ada.")],
-            None,
-        )
-        .0,
+        turn(MODEL, &[("system", "Be kind."), ("user", "I am Ada.")]),
         None,
         None,
     )
@@ -274,9 +241,7 @@ async fn continues_without_chat_id_over_three_turns() {
             ("assistant", &format!("{a1}\n")),
             ("user", "Who am I?"),
         ],
-        None,
-    )
-    .0;
+    );
     b2["stream"] = json!(true);
     let r = app.stream(b2).await;
     let a2 = r.content();
@@ -291,9 +256,7 @@ async fn continues_without_chat_id_over_three_turns() {
             ("assistant", &a2),
             ("user", "Thanks"),
         ],
-        None,
-    )
-    .0;
+    );
     send(&app, b3, None, None).await;
 
     let reqs = app.dify.requests();
@@ -319,9 +282,7 @@ async fn continues_without_chat_id_over_three_turns() {
                 ("assistant", &a1),
                 ("user", "Who am I?"),
             ],
-            None,
-        )
-        .0,
+        ),
         None,
         None,
     )
@@ -336,15 +297,10 @@ async fn history_matching_can_be_switched_off() {
     let (app, _) = spawn_app_dynamo(&[("CONVERSATION_HISTORY_MATCHING", "false")]).await;
     app.dify
         .set(APP_KEY, Scenario::answer_with_conversations("x"));
-    send(&app, turn(MODEL, &[("user", "a")], None).0, None, None).await;
+    send(&app, turn(MODEL, &[("user", "a")]), None, None).await;
     send(
         &app,
-        turn(
-            MODEL,
-            &[("user", "a"), ("assistant", "x"), ("user", "b")],
-            None,
-        )
-        .0,
+        turn(MODEL, &[("user", "a"), ("assistant", "x"), ("user", "b")]),
         None,
         None,
     )
@@ -359,13 +315,7 @@ async fn deleted_upstream_conversation_recovers_with_a_normal_answer() {
     let (app, table) = spawn_app_dynamo(&[]).await;
     app.dify
         .set(APP_KEY, Scenario::answer_with_conversations("fine"));
-    send(
-        &app,
-        turn(MODEL, &[("user", "first")], None).0,
-        Some("c-del"),
-        None,
-    )
-    .await;
+    send(&app, turn(MODEL, &[("user", "first")]), Some("c-del"), None).await;
     let old = app.dify.conversation_ids(APP_KEY, "opendify")[0].clone();
     assert!(app.dify.delete_conversation(&old));
 
@@ -373,9 +323,7 @@ async fn deleted_upstream_conversation_recovers_with_a_normal_answer() {
         let mut body = turn(
             MODEL,
             &[("user", "first"), ("assistant", "fine"), ("user", "second")],
-            None,
-        )
-        .0;
+        );
         body["stream"] = json!(stream);
         if stream {
             // Delete again so the streaming path meets the 404 too.
@@ -422,7 +370,7 @@ async fn open_webui_background_tasks_stay_out_of_the_conversation() {
         .set(APP_KEY, Scenario::answer_with_conversations("A title"));
     send(
         &app,
-        turn(MODEL, &[("user", "Plan my trip")], None).0,
+        turn(MODEL, &[("user", "Plan my trip")]),
         Some("c-task"),
         None,
     )
@@ -430,13 +378,7 @@ async fn open_webui_background_tasks_stay_out_of_the_conversation() {
     let key = chat_key(MODEL, "opendify", "c-task");
     let before = stored(&table, &key).await.unwrap();
     let task = "### Task:\nGenerate a concise, 3-5 word title for the chat history.\n<chat_history>\nUSER: Plan my trip\n</chat_history>";
-    send(
-        &app,
-        turn(MODEL, &[("user", task)], None).0,
-        Some("c-task"),
-        None,
-    )
-    .await;
+    send(&app, turn(MODEL, &[("user", task)]), Some("c-task"), None).await;
     send(
         &app,
         turn(
@@ -446,9 +388,7 @@ async fn open_webui_background_tasks_stay_out_of_the_conversation() {
                 ("assistant", "A title"),
                 ("user", task),
             ],
-            None,
-        )
-        .0,
+        ),
         Some("c-task"),
         None,
     )
@@ -467,9 +407,7 @@ async fn open_webui_background_tasks_stay_out_of_the_conversation() {
                 ("assistant", "A title"),
                 ("user", "Go on"),
             ],
-            None,
-        )
-        .0,
+        ),
         Some("c-task"),
         None,
     )
@@ -485,13 +423,7 @@ async fn mappings_carry_a_ttl_that_is_refreshed_on_use() {
     let (app, table) = spawn_app_dynamo(&[("CONVERSATION_TTL_DAYS", "3")]).await;
     app.dify
         .set(APP_KEY, Scenario::answer_with_conversations("ok"));
-    send(
-        &app,
-        turn(MODEL, &[("user", "a")], None).0,
-        Some("c-ttl"),
-        None,
-    )
-    .await;
+    send(&app, turn(MODEL, &[("user", "a")]), Some("c-ttl"), None).await;
     let moto = Moto::shared().await;
     let key = chat_key(MODEL, "opendify", "c-ttl");
     let item = moto.get_item_raw(&table, &key).await.unwrap();
@@ -509,12 +441,7 @@ async fn mappings_carry_a_ttl_that_is_refreshed_on_use() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     send(
         &app,
-        turn(
-            MODEL,
-            &[("user", "a"), ("assistant", "ok"), ("user", "b")],
-            None,
-        )
-        .0,
+        turn(MODEL, &[("user", "a"), ("assistant", "ok"), ("user", "b")]),
         Some("c-ttl"),
         None,
     )

@@ -213,6 +213,13 @@ impl TestApp {
             .json(body)
     }
 
+    /// An authenticated GET of `path` (e.g. `/v1/models`).
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(PROXY_KEY)
+    }
+
     pub async fn chat(&self, body: Value) -> (u16, reqwest::header::HeaderMap, Value) {
         let r = self.post_chat(&body).send().await.unwrap();
         let status = r.status().as_u16();

@@ -9,13 +9,7 @@ async fn lists_configured_models_sorted_in_openai_shape() {
         r#"{"zeta":"app-zzzzzzzzzzzzzzzz0001","alpha":"app-aaaaaaaaaaaaaaaa0002","mid":{"key":"app-mmmmmmmmmmmmmmmm0003"}}"#,
     )])
     .await;
-    let r = app
-        .client
-        .get(format!("{}/v1/models", app.url))
-        .bearer_auth(PROXY_KEY)
-        .send()
-        .await
-        .unwrap();
+    let r = app.get("/v1/models").send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(
         r.headers()["content-type"]
@@ -41,9 +35,7 @@ async fn lists_configured_models_sorted_in_openai_shape() {
 async fn retrieves_one_model_or_404() {
     let app = spawn_app().await;
     let r = app
-        .client
-        .get(format!("{}/v1/models/{MODEL}", app.url))
-        .bearer_auth(PROXY_KEY)
+        .get(&format!("/v1/models/{MODEL}"))
         .send()
         .await
         .unwrap();
@@ -54,13 +46,7 @@ async fn retrieves_one_model_or_404() {
         (Some(MODEL), Some("model"))
     );
 
-    let r = app
-        .client
-        .get(format!("{}/v1/models/nope", app.url))
-        .bearer_auth(PROXY_KEY)
-        .send()
-        .await
-        .unwrap();
+    let r = app.get("/v1/models/nope").send().await.unwrap();
     assert_eq!(r.status(), 404);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["code"], "model_not_found");

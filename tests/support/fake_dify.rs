@@ -656,17 +656,9 @@ async fn chat_messages(State(st): State<Arc<Shared>>, headers: HeaderMap, body: 
 
     hold(&st).await;
 
-    let key = match token {
-        Ok(key) if st.knows_key(&key) => key,
-        Ok(_) => return unauthorized(MSG_BAD_TOKEN),
-        Err(msg) => return unauthorized(msg),
-    };
-    let map = match parse_json_object(&headers, &body) {
-        Ok(map) => map,
-        Err((status, code, message)) => return error_response(status, code, message),
-    };
-    let Some(user) = user_arg(&map) else {
-        return error_response(400, "invalid_param", "Arg user must be provided.");
+    let (key, map, user) = match caller(&st, token, &headers, &body) {
+        Ok(found) => found,
+        Err(response) => return *response,
     };
     let args = match validate_chat_payload(&map) {
         Ok(args) => args,
@@ -679,6 +671,28 @@ async fn chat_messages(State(st): State<Arc<Shared>>, headers: HeaderMap, body: 
         return unauthorized(MSG_BAD_TOKEN);
     };
     run_scenario(&st, Request { key, user, args }, scenario).await
+}
+
+/// What both endpoints check first, in Dify's order: a known app key, a JSON object
+/// body, and its `user`. Returns the key, the body and the user.
+fn caller(
+    st: &Shared,
+    token: Result<String, &'static str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(String, Map<String, Value>, String), Box<Response>> {
+    let key = match token {
+        Ok(key) if st.knows_key(&key) => key,
+        Ok(_) => return Err(Box::new(unauthorized(MSG_BAD_TOKEN))),
+        Err(msg) => return Err(Box::new(unauthorized(msg))),
+    };
+    let map = parse_json_object(headers, body)
+        .map_err(|(status, code, message)| Box::new(error_response(status, code, message)))?;
+    let Some(user) = user_arg(&map) else {
+        let msg = "Arg user must be provided.";
+        return Err(Box::new(error_response(400, "invalid_param", msg)));
+    };
+    Ok((key, map, user))
 }
 
 async fn hold(st: &Shared) {
@@ -706,17 +720,9 @@ async fn stop_task(
         key: token.clone().unwrap_or_default(),
     });
 
-    let key = match token {
-        Ok(key) if st.knows_key(&key) => key,
-        Ok(_) => return unauthorized(MSG_BAD_TOKEN),
-        Err(msg) => return unauthorized(msg),
-    };
-    let map = match parse_json_object(&headers, &body) {
-        Ok(map) => map,
-        Err((status, code, message)) => return error_response(status, code, message),
-    };
-    let Some(user) = user_arg(&map) else {
-        return error_response(400, "invalid_param", "Arg user must be provided.");
+    let (key, _, user) = match caller(&st, token, &headers, &body) {
+        Ok(found) => found,
+        Err(response) => return *response,
     };
     st.signal_stop(&task_id, &key, &user);
     plain_response(200, JSON_CONTENT_TYPE, "{\"result\": \"success\"}\n")

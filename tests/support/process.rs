@@ -1,9 +1,10 @@
 //! The real `opendify` binary as a child process: spawned with a clean environment,
 //! its stderr captured, killed by its own PID when the test ends.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// The binary with exactly these variables (plus PATH), stdout and stderr piped.
@@ -18,6 +19,20 @@ pub fn command(vars: &[(&str, &str)]) -> Command {
         cmd.env(k, v);
     }
     cmd
+}
+
+/// Copies a child's pipe into `into` on a thread until the pipe closes, so the child
+/// never blocks on a full pipe.
+pub fn drain(mut pipe: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            into.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    })
 }
 
 /// Kills the child (by its own PID) when the test ends, however it ends.
