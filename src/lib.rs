@@ -1,34 +1,43 @@
-//! OpenDify: an OpenAI-compatible chat API in front of Dify apps, for AWS Lambda (function
-//! URL with response streaming) and local runs. `main.rs` only chooses how to serve
-//! [`app`]; everything else lives here so tests drive the same router.
+//! OpenDify: an OpenAI-compatible API in front of Dify apps, for AWS Lambda (function URL
+//! with response streaming) and local runs. `main.rs` only loads the configuration and
+//! picks how to [`serve`]; everything else lives here so tests drive the same code.
+//!
+//! The data path, module by module: `openai` request → `plan` (the Dify request) → `dify`
+//! (client, events) → `answer` (one neutral answer) → `openai::chat` (an encoder per
+//! OpenAI API); `routes` is the HTTP glue around it.
 
 #![forbid(unsafe_code)]
 
-/// Environment configuration, validated as a whole at cold start.
+/// One answer, neutral between Dify and OpenAI: pieces decoded from Dify, accumulated.
+pub mod answer;
+/// Configuration, validated as a whole at cold start.
 pub mod config;
-/// Which Dify conversation a request continues (store keys, background tasks).
-pub mod continuity;
-/// Dify service API: wire types, SSE decoding, HTTP client.
+/// Which Dify conversation a request continues (keys, rules, store reads and writes).
+pub mod conversation;
+/// Dify's service API: wire types, SSE decoding, HTTP client, task stop.
 pub mod dify;
-/// Client-facing errors and their one mapping to HTTP.
+/// Every error a client can see and its one mapping (pure; HTTP at `routes::error`).
 pub mod error;
-/// OpenAI chat-completions wire types.
+/// OpenAI wire types and the encoders of an answer into them.
 pub mod openai;
 /// Secrets read from SSM Parameter Store at cold start.
 pub mod parameters;
+/// OpenAI request → Dify request: the turn, its history, its end user.
+pub mod plan;
 /// The HTTP routes: models, chat completions, auth, fallbacks.
 pub mod routes;
+/// Serving the router: under the Lambda runtime or on a local socket.
+pub mod serve;
 /// Shared per-instance state.
 pub mod state;
 /// Chat → Dify conversation mappings: DynamoDB, or process memory.
 pub mod store;
-/// Logging setup that never prints secrets.
+/// Logging setup that never prints secrets; error chains for log lines.
 pub mod telemetry;
-/// Pure OpenAI ⇄ Dify translation.
-pub mod translate;
 
 pub use config::Config;
 pub use routes::app;
+pub use serve::serve;
 pub use state::AppState;
 
 /// Seconds since the Unix epoch (OpenAI's `created`).

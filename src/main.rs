@@ -1,16 +1,12 @@
-//! Entry point: validate the configuration, then serve the same router either under the
-//! Lambda runtime (response streaming) or as a local HTTP server.
+//! Entry point: load and validate the configuration (environment and SSM parameters),
+//! then serve under the Lambda runtime or locally. Nothing else.
 
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
-use std::sync::Arc;
-
-use axum::serve::ListenerExt;
 
 use opendify::config::ConfigErrors;
-use opendify::store::{ConversationStore, DynamoStore, MemoryStore};
-use opendify::{AppState, Config, parameters};
+use opendify::{Config, parameters};
 
 fn main() -> ExitCode {
     let lambda = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some();
@@ -38,7 +34,7 @@ fn main() -> ExitCode {
             }
         };
         tracing::info!("{}", config.summary());
-        match serve(config, lambda).await {
+        match opendify::serve(config, lambda).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
                 eprintln!("opendify stopped: {message}");
@@ -73,63 +69,4 @@ async fn load_config() -> Result<Config, ConfigErrors> {
         Err(ConfigErrors(more)) => problems.extend(parameters::attribute_problems(more, &resolved)),
     }
     Err(ConfigErrors(problems))
-}
-
-async fn serve(config: Config, lambda: bool) -> Result<(), String> {
-    let address = format!("{}:{}", config.server_host, config.server_port);
-    let store: Arc<dyn ConversationStore> = match &config.conversation_table {
-        Some(table) => {
-            Arc::new(DynamoStore::from_env(table.clone(), config.conversation_ttl).await)
-        }
-        None => {
-            tracing::info!(
-                "CONVERSATION_TABLE is not set: conversations are remembered in this process only (fine locally; set it on Lambda)"
-            );
-            Arc::new(MemoryStore::new(config.conversation_ttl))
-        }
-    };
-    tracing::info!("conversations: {}", store.describe());
-    let state = AppState::new(config, store)
-        .map_err(|e| format!("could not create the HTTP client: {e}"))?;
-    let app = opendify::app(state);
-
-    if lambda {
-        tracing::info!("serving through the Lambda runtime API with response streaming");
-        return lambda_http::run_with_streaming_response(app)
-            .await
-            .map_err(|e| e.to_string());
-    }
-    let listener = tokio::net::TcpListener::bind(&address).await.map_err(|e| {
-        format!("could not listen on {address}: {e}. Set SERVER_HOST/SERVER_PORT to a free address, or stop what is using it.")
-    })?;
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!("listening on http://{local}");
-    // Small SSE writes must leave at once: with Nagle on, each write waits for the ACK of
-    // the previous one, which a keep-alive client delays by ~40 ms (measured in
-    // tests/benches/RESULTS.md, finding A).
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
 }

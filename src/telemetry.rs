@@ -56,6 +56,23 @@ pub fn init(lambda: bool) {
     }
 }
 
+/// An error with its causes, on one line: top-level messages hide the cause (reqwest's
+/// "error sending request"), the chain names it. Layers that repeat their source in their
+/// own message are not repeated.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        let part = inner.to_string();
+        if !part.is_empty() && !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = inner.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

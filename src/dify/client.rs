@@ -8,41 +8,14 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use url::Url;
 
-use super::sse::{DecodeError, EventDecoder};
+use super::error::DifyError;
+use super::sse::EventDecoder;
 use super::types::{ChatMessageRequest, DifyEvent, ErrorResponse};
+use crate::telemetry::error_chain;
 
 /// How much of an error body we read: enough for any Dify error, bounded for HTML pages.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Everything that can go wrong talking to Dify. Mapped to client-facing errors in one
-/// place, `crate::error`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DifyError {
-    #[error("could not reach Dify: {0}")]
-    Unreachable(String),
-    #[error("Dify did not start answering within {} s", .0.as_secs())]
-    Timeout(Duration),
-    /// A non-2xx answer before the stream started. `code` is Dify's error code, or empty
-    /// when the body was not Dify's JSON (a gateway page).
-    #[error("Dify answered HTTP {status} ({code}): {message}")]
-    Http {
-        status: u16,
-        code: String,
-        message: String,
-        retry_after: Option<String>,
-    },
-    /// An `error` event inside a stream.
-    #[error("Dify reported an error ({code}): {message}")]
-    Event {
-        code: String,
-        status: Option<u16>,
-        message: String,
-    },
-    /// The stream broke: transport failure, undecodable frame, or end before the answer.
-    #[error("{0}")]
-    Stream(String),
-}
 
 /// Bounds on one streamed answer, so a stalled or runaway upstream cannot hold a client
 /// (or a Lambda invocation) forever.
@@ -87,7 +60,8 @@ impl DifyClient {
     }
 
     /// Starts `POST /chat-messages` in streaming mode. Returns once Dify has sent its
-    /// response head (bounded by the configured timeout); the stream itself has no limit.
+    /// response head (bounded by the configured timeout); the stream that follows is
+    /// bounded by [`StreamLimits`].
     pub async fn chat_stream(
         &self,
         app_key: &str,
@@ -196,18 +170,6 @@ async fn read_limited(response: reqwest::Response, limit: usize) -> Vec<u8> {
     body
 }
 
-/// reqwest's top-level message hides the cause ("error sending request"); the chain names it.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 /// The events of one streaming answer, decoded as they arrive.
 pub struct EventStream {
     body: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
@@ -297,11 +259,5 @@ impl EventStream {
     /// generating, so its task should be stopped.
     pub fn was_cut(&self) -> bool {
         self.cut
-    }
-}
-
-impl From<DecodeError> for DifyError {
-    fn from(e: DecodeError) -> Self {
-        DifyError::Stream(e.to_string())
     }
 }

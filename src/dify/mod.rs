@@ -1,8 +1,12 @@
-//! Dify service API: wire types, the SSE frame decoder, and the HTTP client.
+//! Dify's service API: wire types, the SSE frame decoder, the HTTP client, its errors.
 
 pub mod client;
+pub mod error;
 pub mod sse;
+pub mod task;
 pub mod types;
 
-pub use client::{DifyClient, DifyError, EventStream};
+pub use client::{DifyClient, EventStream};
+pub use error::DifyError;
+pub use task::RunningTask;
 pub use types::{DifyEvent, Event};

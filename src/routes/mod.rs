@@ -1,11 +1,23 @@
-//! The router as data: every path, layer and fallback on one screen.
+//! HTTP glue only. The router as data: every path, layer and fallback on one screen.
 
+/// What an answer in progress carries besides Dify's stream; closing it.
+mod answer;
+/// Proxy keys, checked in constant time; the caller's model access.
 mod auth;
+/// Blocking delivery: the whole answer, then one response.
+mod blocking;
+/// `POST /v1/chat/completions`: the orchestration.
 mod chat;
-mod conversation;
+/// Errors as HTTP responses.
+mod error;
+/// The JSON body extractor with OpenAI-shaped rejections.
+mod extract;
+/// `GET /v1/models`.
 mod models;
+/// Streaming delivery: the pump from Dify to the response body.
+mod stream;
 
-pub use chat::parse_request;
+pub use extract::parse_request;
 
 use axum::Router;
 use axum::extract::Request;
@@ -63,7 +75,8 @@ fn cors_layer(cors: &Cors) -> CorsLayer {
         Cors::Origins(origins) => layer.allow_origin(AllowOrigin::list(
             origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()),
         )),
-        // An empty list matches no origin: no CORS headers, preflights go to auth (401).
+        // Allows no origin: browsers refuse every cross-origin call. (The layer still
+        // answers OPTIONS itself, without CORS headers; it never reaches auth.)
         Cors::Disabled => CorsLayer::new(),
     }
 }

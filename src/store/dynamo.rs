@@ -398,18 +398,8 @@ fn classify_service(code: &str, status: u16, cause: String) -> StoreError {
 /// The error's `Display` chain, "outer: inner: root" (the SDK's own `DisplayErrorContext`
 /// appends a long `Debug` dump).
 fn cause(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(inner) = source {
-        let part = inner.to_string();
-        // Some layers repeat their source in their own message.
-        if !part.is_empty() && !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = inner.source();
-    }
     // One log line: the credential chain's report spans several.
+    let text = crate::telemetry::error_chain(err);
     truncate(&text.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 

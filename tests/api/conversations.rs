@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use opendify::continuity::chat_key;
+use opendify::conversation::chat_key;
 use serde_json::{Value, json};
 
 use crate::helpers::*;

@@ -138,7 +138,12 @@ async fn spawn_app_on(overrides: &[(&str, &str)], table: Option<&str>) -> TestAp
     let state = opendify::AppState::new(config, store).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, opendify::app(state)).await });
+    // The server setup `main` uses, socket options included.
+    tokio::spawn(opendify::serve::serve_local(
+        listener,
+        opendify::app(state),
+        std::future::pending(),
+    ));
     TestApp {
         url,
         client: reqwest::Client::new(),

@@ -4,10 +4,11 @@
 //! `cargo bench --bench translate -- synthetic`).
 //!
 //! What is timed is exactly the per-read work of the streaming pump in
-//! `src/routes/chat.rs`, without the network: each Dify network read is pushed into an
-//! `EventDecoder`, every event goes through `StreamTranslator::on_event`, the outputs are
-//! written with `Output::write_sse` and the buffer becomes one `Bytes` per read. A new
-//! decoder and translator are built per transcript, as per request.
+//! `src/routes/stream.rs`, without the network: each Dify network read is pushed into an
+//! `EventDecoder`, every event goes through `DifyDecoder::on_item` into answer pieces,
+//! each piece into the `Accumulator` and the `ChunkEncoder`'s SSE bytes, and the buffer
+//! becomes one `Bytes` per read. New decoders, accumulator and encoder are built per
+//! transcript, as per request.
 //!
 //! Inputs (throughput is counted in bytes of Dify input, decimal MB/s):
 //! - `fixtures`: every `tests/fixtures/dify/*.sse`, one network read per SSE frame, all
@@ -34,9 +35,10 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput};
+use opendify::answer::{Accumulator, DifyDecoder, Flow, Piece, StreamEncoder};
 use opendify::dify::sse::{DecodeError, EventDecoder};
 use opendify::dify::{DifyError, DifyEvent};
-use opendify::translate::{ChunkMeta, Flow, Output, StreamTranslator};
+use opendify::openai::chat::{ChunkEncoder, ChunkMeta};
 use url::Url;
 
 const FIXTURE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dify");
@@ -191,35 +193,33 @@ fn translate(t: &Transcript, base: &Url) -> usize {
         model: "my-app".into(),
         include_usage: true,
     };
-    let mut decoder = EventDecoder::new();
-    let mut translator = StreamTranslator::new(meta, base.clone());
+    let mut frames = EventDecoder::new();
+    let mut decoder = DifyDecoder::new("my-app", base.clone());
+    let mut answer = Accumulator::new();
+    let mut encoder = ChunkEncoder::new(meta);
     let mut events = Vec::new();
-    let mut outputs = vec![translator.start()];
+    let mut pieces = Vec::new();
     let mut buf = Vec::new();
+    StreamEncoder::start(&mut encoder, &mut buf);
     let mut produced = 0;
-    let mut ended = false;
     for read in t.reads() {
-        produced += flush(&mut outputs, &mut buf);
-        decoder.push(read, &mut events);
-        if on_events(&mut events, &mut translator, &mut outputs) {
-            ended = true;
-            break;
+        produced += flush(&mut buf);
+        frames.push(read, &mut events);
+        let stopped = decode(&mut events, &mut decoder, &mut pieces);
+        encode(&mut pieces, &mut answer, &mut encoder, &mut buf);
+        if stopped {
+            return produced + flush(&mut buf);
         }
     }
-    if !ended {
-        decoder.finish(&mut events);
-        if !on_events(&mut events, &mut translator, &mut outputs) {
-            translator.finish(&mut outputs);
-        }
-    }
-    produced + flush(&mut outputs, &mut buf)
+    frames.finish(&mut events);
+    decode(&mut events, &mut decoder, &mut pieces);
+    decoder.on_end(&mut pieces);
+    encode(&mut pieces, &mut answer, &mut encoder, &mut buf);
+    produced + flush(&mut buf)
 }
 
-/// Writes the outputs and hands the buffer on as one `Bytes`, as the pump does per read.
-fn flush(outputs: &mut Vec<Output>, buf: &mut Vec<u8>) -> usize {
-    for output in outputs.drain(..) {
-        output.write_sse(buf);
-    }
+/// Hands the buffer on as one `Bytes`, as the pump does per read.
+fn flush(buf: &mut Vec<u8>) -> usize {
     if buf.is_empty() {
         return 0;
     }
@@ -229,15 +229,27 @@ fn flush(outputs: &mut Vec<Output>, buf: &mut Vec<u8>) -> usize {
     n
 }
 
-/// Feeds decoded events to the translator; true once the stream is over.
-fn on_events(
+/// Decodes events into pieces; true once the answer failed.
+fn decode(
     events: &mut Vec<Result<DifyEvent, DecodeError>>,
-    translator: &mut StreamTranslator,
-    outputs: &mut Vec<Output>,
+    decoder: &mut DifyDecoder,
+    pieces: &mut Vec<Piece>,
 ) -> bool {
     events
         .drain(..)
-        .any(|item| translator.on_item(item.map_err(DifyError::from), outputs) == Flow::Stop)
+        .any(|item| decoder.on_item(item.map_err(DifyError::from), pieces) == Flow::Stop)
+}
+
+fn encode(
+    pieces: &mut Vec<Piece>,
+    answer: &mut Accumulator,
+    encoder: &mut ChunkEncoder,
+    buf: &mut Vec<u8>,
+) {
+    for piece in pieces.drain(..) {
+        answer.apply(&piece);
+        encoder.encode(&piece, answer, buf);
+    }
 }
 
 fn decode_only(t: &Transcript) -> usize {

@@ -5,13 +5,14 @@
 //! A property that does not hold panics with a message saying which one; libFuzzer then
 //! saves the input as a crash.
 
-use opendify::continuity::{Thread, is_background_task, thread_for};
+use opendify::answer::{Accumulator, DifyDecoder, Flow, Piece};
+use opendify::conversation::{Thread, is_background_task, thread_for};
 use opendify::dify::sse::{DecodeError, EventDecoder, decode_all};
-use opendify::dify::types::ChatMessageRequest;
 use opendify::dify::{DifyError, DifyEvent};
-use opendify::error::{ApiError, ClientError, from_dify};
+use opendify::error::{ApiError, ClientError};
+use opendify::openai::chat::{ChunkEncoder, ChunkMeta, Output, completion};
 use opendify::openai::{ChatCompletionChunk, ChatCompletionRequest, FinishReason, UsageField};
-use opendify::translate::{Aggregator, ChunkMeta, Flow, Output, StreamTranslator, to_turn};
+use opendify::plan::to_turn;
 use serde_json::Value;
 use url::Url;
 
@@ -92,14 +93,19 @@ pub fn request(data: &[u8]) {
             assert!(query.ends_with(&format!("User: {}", turn.message)));
             assert!(query.len() > turn.message.len());
         }
-        let body = ChatMessageRequest {
-            query,
-            inputs: serde_json::Map::new(),
-            response_mode: "streaming",
-            user: turn.user.clone(),
-            conversation_id: None,
-        };
-        serde_json::to_vec(&body).expect("Dify request serializes");
+        for continued in [None, Some("c0ffee".to_string())] {
+            let body = turn.chat_message(continued.clone());
+            assert_eq!(
+                &body.query,
+                if continued.is_some() {
+                    &turn.message
+                } else {
+                    &query
+                },
+                "a continued conversation gets only the new message"
+            );
+            serde_json::to_vec(&body).expect("Dify request serializes");
+        }
 
         for history_matching in [true, false] {
             let thread = thread_for(
@@ -124,7 +130,7 @@ pub fn request(data: &[u8]) {
                         assert!(key.starts_with("hist#") && key.len() == 5 + 64, "{key}");
                     }
                 }
-                Thread::None => assert!(!history_matching && !has_chat_id),
+                Thread::Untracked => assert!(!history_matching && !has_chat_id),
             }
             if !matches!(thread, Thread::Detached) {
                 assert!(!is_background_task(&turn.message));
@@ -272,30 +278,61 @@ struct Streamed {
     error: Option<Value>,
 }
 
-/// Drives the translator as `pump` does, then pokes it after the end: nothing more may come.
-fn stream(events: &[Result<DifyEvent, DecodeError>], include_usage: bool) -> Streamed {
-    let mut t = StreamTranslator::new(meta(include_usage), file_base());
-    let mut out = vec![t.start()];
-    let mut stopped = false;
+/// Dify's items → pieces, driven as the routes drive the decoder; then pokes it after the
+/// end: nothing more may come.
+fn pieces(events: &[Result<DifyEvent, DecodeError>]) -> Vec<Piece> {
+    let mut decoder = DifyDecoder::new(MODEL, file_base());
+    let mut out = Vec::new();
     for event in events {
-        if t.on_item(event.clone().map_err(DifyError::from), &mut out) == Flow::Stop {
-            stopped = true;
+        if decoder.on_item(event.clone().map_err(DifyError::from), &mut out) == Flow::Stop {
             break;
         }
     }
-    if !stopped {
-        t.finish(&mut out);
-    }
+    decoder.on_end(&mut out);
     let ended_at = out.len();
-    // After the end: more events, another finish, another failure. All must be silent.
+    assert!(
+        matches!(out.last(), Some(Piece::End | Piece::Failed(_))),
+        "the answer neither ends nor fails: {:?}",
+        out.last()
+    );
+    assert_eq!(
+        out.iter()
+            .filter(|p| matches!(p, Piece::End | Piece::Failed(_)))
+            .count(),
+        1,
+        "more than one end"
+    );
+    // After the end: more events, another end, another failure. All must be silent.
     let ping = DifyEvent {
         task_id: None,
         conversation_id: None,
         event: opendify::dify::Event::Ping,
     };
-    assert_eq!(t.on_event(ping, &mut out), Flow::Stop);
-    t.finish(&mut out);
-    t.fail(&DifyError::Stream("late".to_string()), &mut out);
+    assert_eq!(decoder.on_event(ping, &mut out), Flow::Stop);
+    decoder.on_end(&mut out);
+    decoder.fail(&DifyError::Stream("late".to_string()), &mut out);
+    assert_eq!(
+        out.len(),
+        ended_at,
+        "pieces after the end: {:?}",
+        &out[ended_at..]
+    );
+    out
+}
+
+/// Encodes the pieces as the streaming route does, then pokes the encoder after the end.
+fn stream(pieces: &[Piece], include_usage: bool) -> Streamed {
+    let mut encoder = ChunkEncoder::new(meta(include_usage));
+    let mut answer = Accumulator::new();
+    let mut out = vec![encoder.start()];
+    for piece in pieces {
+        answer.apply(piece);
+        encoder.piece(piece, &answer, &mut out);
+    }
+    let ended_at = out.len();
+    for late in [Piece::Text("late".to_string()), Piece::End] {
+        encoder.piece(&late, &answer, &mut out);
+    }
     assert_eq!(
         out.len(),
         ended_at,
@@ -382,14 +419,16 @@ fn stream(events: &[Result<DifyEvent, DecodeError>], include_usage: bool) -> Str
         _ => panic!("the stream ends with neither [DONE] nor an error"),
     }
     assert_eq!(
-        t.visible_text(),
+        encoder.visible_text(),
         s.text,
         "visible_text differs from the deltas"
     );
     assert_eq!(
-        t.error_code(),
+        answer
+            .failure()
+            .and_then(|f| f.error.body.error.code.as_deref()),
         s.error.as_ref().and_then(|v| v["error"]["code"].as_str()),
-        "error_code"
+        "the failure code"
     );
     s
 }
@@ -403,16 +442,14 @@ pub fn translate(data: &[u8]) {
         return;
     };
     let include_usage = flags & 1 == 1;
-    let events = decode_all(stream_bytes);
-    let streamed = stream(&events, include_usage);
+    let pieces = pieces(&decode_all(stream_bytes));
+    let streamed = stream(&pieces, include_usage);
 
-    let mut a = Aggregator::new(file_base());
-    for event in &events {
-        if a.on_item(event.clone().map_err(DifyError::from)) == Flow::Stop {
-            break;
-        }
+    let mut answer = Accumulator::new();
+    for piece in &pieces {
+        answer.apply(piece);
     }
-    match a.finish(&meta(false)) {
+    match completion(&meta(false), &answer) {
         Ok(completion) => {
             assert!(
                 streamed.error.is_none(),
@@ -444,12 +481,20 @@ pub fn translate(data: &[u8]) {
             let json = serde_json::to_string(&completion).expect("completion serializes");
             assert!(!json.contains('\n'));
         }
-        Err(error) => {
+        Err(failure) => {
             let body = streamed.error.unwrap_or_else(|| {
-                panic!("the aggregate failed ({error}) but the stream succeeded")
+                panic!(
+                    "the aggregate failed ({}) but the stream succeeded",
+                    failure.cause
+                )
             });
-            let expected = serde_json::to_value(from_dify(MODEL, &error, true).body)
-                .expect("error body serializes");
+            assert_eq!(
+                failure.error.should_retry,
+                Some(false),
+                "a failure mid-answer must not invite a retry that replays the run"
+            );
+            let expected =
+                serde_json::to_value(&failure.error.body).expect("error body serializes");
             assert_eq!(
                 body, expected,
                 "stream and aggregate report different errors"

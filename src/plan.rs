@@ -1,11 +1,14 @@
-//! OpenAI chat request → what Dify needs: the new user message, the earlier turns, and
-//! the end user.
+//! OpenAI request → Dify request: the new user message, the earlier turns, the end user,
+//! and the `/chat-messages` body they become. Pure.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
-use crate::config::DEFAULT_USER;
+use crate::dify::types::ChatMessageRequest;
 use crate::error::ApiError;
 use crate::openai::{ChatCompletionRequest, Role};
+
+/// Dify `user` sent when the client identifies no end user.
+pub const DEFAULT_USER: &str = "opendify";
 
 /// A chat request reduced to what Dify can take.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +38,22 @@ impl Turn {
         query.push_str("User: ");
         query.push_str(&self.message);
         query
+    }
+
+    /// The `/chat-messages` body. A continued conversation's history is in Dify already,
+    /// so it gets only the new message; a new one gets the folded history.
+    pub fn chat_message(&self, continued: Option<String>) -> ChatMessageRequest {
+        ChatMessageRequest {
+            query: if continued.is_some() {
+                self.message.clone()
+            } else {
+                self.folded_query()
+            },
+            inputs: Map::new(),
+            response_mode: "streaming",
+            user: self.user.clone(),
+            conversation_id: continued,
+        }
     }
 }
 

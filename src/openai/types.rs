@@ -175,12 +175,12 @@ impl Model {
 }
 
 /// `{"error": {...}}`, the body of every error response and of an in-stream error event.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: ErrorObject,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorObject {
     pub message: String,
     #[serde(rename = "type")]

@@ -1,6 +1,5 @@
-//! Which Dify conversation a request continues: the store keys for a chat id or for the
-//! conversation so far, and the requests that must stay out of any conversation. Pure
-//! functions; the store itself is I/O in `crate::store`.
+//! The store keys for a chat id or for the conversation so far, and the requests that must
+//! stay out of any conversation. Pure functions; the store itself is I/O in `crate::store`.
 //!
 //! Keys are SHA-256 digests, so the table holds no user id, chat id or message text.
 
@@ -22,8 +21,8 @@ pub enum Thread {
     /// Keyed by the conversation so far (clients that send no chat id). `lookup` is None
     /// for a first turn (no earlier messages).
     History { lookup: Option<String> },
-    /// No chat id and history matching switched off.
-    None,
+    /// No chat id and history matching switched off: every request starts anew.
+    Untracked,
 }
 
 pub fn is_background_task(message: &str) -> bool {
@@ -50,7 +49,7 @@ pub fn thread_for(
             lookup: (!history.is_empty())
                 .then(|| history_key(model, user, history.iter().map(|(r, t)| (*r, t.as_str())))),
         },
-        None => Thread::None,
+        None => Thread::Untracked,
     }
 }
 
@@ -125,7 +124,31 @@ mod tests {
         assert_ne!(k, chat_key("m", "u", "c2"));
         // Length prefixes: shifting a boundary changes the key.
         assert_ne!(chat_key("ab", "c", "d"), chat_key("a", "bc", "d"));
-        assert!(!k.contains('u') || !k.contains("#u"));
+    }
+
+    #[test]
+    fn keys_hold_digests_not_ids_or_text() {
+        // The table must not hold who chatted or what was said: only a fixed prefix and
+        // 64 hex digits, none of the ids or words that went in.
+        let chat = chat_key("my-app", "alice@example.com", "chat-7f3-quartz");
+        let hist = history_key(
+            "my-app",
+            "alice@example.com",
+            [(Role::User, "quartz pyramid")].into_iter(),
+        );
+        for (key, prefix) in [(chat, "chat#"), (hist, "hist#")] {
+            let digest = key.strip_prefix(prefix).unwrap_or_else(|| panic!("{key}"));
+            assert!(
+                digest.len() == 64
+                    && digest
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+                "{key}"
+            );
+            for word in ["alice", "quartz", "pyramid", "my-app"] {
+                assert!(!key.contains(word), "{key} contains {word}");
+            }
+        }
     }
 
     #[test]
@@ -199,7 +222,7 @@ mod tests {
         ));
         assert_eq!(
             thread_for("m", "u", None, &history, "next", false),
-            Thread::None
+            Thread::Untracked
         );
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::task::JoinHandle;
 
-use crate::continuity::{Thread, history_key};
+use super::keys::{Thread, history_key};
 use crate::openai::Role;
 use crate::store::{ConversationStore, PutOutcome, StoreError};
 
@@ -141,7 +141,7 @@ impl ConversationLink {
 
     /// Waits for the store writes, so that under Lambda they finish before the invocation
     /// does. Call after the client has its last byte.
-    pub async fn settle(&mut self) {
+    pub async fn finish_writes(&mut self) {
         for task in self.pending.drain(..) {
             let _ = task.await;
         }

@@ -1,0 +1,80 @@
+//! What an answer amounts to so far: its content, usage, and how it ended. One copy of
+//! this state serves every encoder, streaming or not.
+
+use super::{Failure, FileKind, Piece, Usage};
+
+/// One part of the answer's content, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    Text(String),
+    File { kind: FileKind, url: String },
+}
+
+#[derive(Debug, Default)]
+pub struct Accumulator {
+    content: Vec<Content>,
+    usage: Option<Usage>,
+    /// Output moderation replaced the answer (OpenAI's `content_filter`).
+    replaced: bool,
+    ended: bool,
+    failure: Option<Failure>,
+}
+
+impl Accumulator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one piece. Pieces after the end or a failure are ignored.
+    pub fn apply(&mut self, piece: &Piece) {
+        if self.is_over() {
+            return;
+        }
+        match piece {
+            Piece::KeepAlive => {}
+            Piece::Text(text) => match self.content.last_mut() {
+                Some(Content::Text(last)) => last.push_str(text),
+                _ => self.content.push(Content::Text(text.clone())),
+            },
+            Piece::File { kind, url } => self.content.push(Content::File {
+                kind: *kind,
+                url: url.clone(),
+            }),
+            Piece::Replace(text) => {
+                self.replaced = true;
+                self.content = vec![Content::Text(text.clone())];
+            }
+            Piece::Usage(usage) => self.usage = Some(*usage),
+            Piece::End => self.ended = true,
+            Piece::Failed(failure) => self.failure = Some(failure.clone()),
+        }
+    }
+
+    /// The answer's content (after any replacement), in order.
+    pub fn content(&self) -> &[Content] {
+        &self.content
+    }
+
+    /// Dify's token counts; zeros when it sent none (workflow runs).
+    pub fn usage(&self) -> Usage {
+        self.usage.unwrap_or_default()
+    }
+
+    pub fn replaced(&self) -> bool {
+        self.replaced
+    }
+
+    /// The answer completed.
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
+    pub fn failure(&self) -> Option<&Failure> {
+        self.failure.as_ref()
+    }
+
+    /// Complete or failed: nothing more belongs to this answer.
+    pub fn is_over(&self) -> bool {
+        self.ended || self.failure.is_some()
+    }
+}

@@ -1,0 +1,179 @@
+//! Dify's decoded stream → [`Piece`]s. Every app type's events (chat, agent, chatflow,
+//! completion, workflow) meet here, so both OpenAI encoders treat each event the same way.
+
+use url::Url;
+
+use super::{FileKind, Flow, Piece, Usage};
+use crate::answer::Failure;
+use crate::dify::{DifyError, DifyEvent, Event};
+use crate::error::dify::from_dify;
+
+/// Reads one answer's Dify events, in order.
+#[derive(Debug)]
+pub struct DifyDecoder {
+    /// Named in failure messages.
+    model: String,
+    /// Resolves the relative file URLs Dify sends (`/files/tools/...`).
+    file_base: Url,
+    task_id: Option<String>,
+    conversation_id: Option<String>,
+    /// Text that came as `agent_message`, to recognise an agent's closing repeat of it.
+    agent_text: Option<String>,
+    /// `message_end`, or a workflow that finished without failing.
+    complete: bool,
+    workflow_failure: Option<String>,
+    /// An `End` or `Failed` piece went out: nothing more may.
+    over: bool,
+}
+
+impl DifyDecoder {
+    pub fn new(model: &str, file_base: Url) -> Self {
+        Self {
+            model: model.to_string(),
+            file_base,
+            task_id: None,
+            conversation_id: None,
+            agent_text: None,
+            complete: false,
+            workflow_failure: None,
+            over: false,
+        }
+    }
+
+    /// Dify's task id, from the first frame that carries one (needed to stop the task).
+    pub fn task_id(&self) -> Option<&str> {
+        self.task_id.as_deref()
+    }
+
+    /// The conversation id, from the first frame that carries a non-empty one.
+    pub fn conversation_id(&self) -> Option<&str> {
+        self.conversation_id.as_deref()
+    }
+
+    /// One item of Dify's decoded stream: an event, or the error that broke the stream.
+    pub fn on_item(&mut self, item: Result<DifyEvent, DifyError>, out: &mut Vec<Piece>) -> Flow {
+        match item {
+            Ok(event) => self.on_event(event, out),
+            Err(error) => {
+                self.fail(&error, out);
+                Flow::Stop
+            }
+        }
+    }
+
+    /// Records the frame's ids, then decodes its event.
+    pub fn on_event(&mut self, frame: DifyEvent, out: &mut Vec<Piece>) -> Flow {
+        if self.over {
+            return Flow::Stop;
+        }
+        if self.task_id.is_none() {
+            self.task_id = frame.task_id;
+        }
+        if self.conversation_id.is_none() {
+            self.conversation_id = frame.conversation_id.filter(|c| !c.is_empty());
+        }
+        match frame.event {
+            Event::Ping => out.push(Piece::KeepAlive),
+            Event::AgentMessage { answer } if !answer.is_empty() => {
+                self.agent_text.get_or_insert_default().push_str(&answer);
+                out.push(Piece::Text(answer));
+            }
+            Event::Message { answer } => {
+                // Some agent apps close with one `message` repeating the whole answer they
+                // already streamed as `agent_message`: drop it rather than say it twice.
+                if !answer.is_empty() && self.agent_text.as_deref() != Some(answer.as_str()) {
+                    out.push(Piece::Text(answer));
+                }
+            }
+            Event::TextChunk { text } if !text.is_empty() => out.push(Piece::Text(text)),
+            Event::MessageFile { kind, url, answer } => match (url, answer) {
+                (Some(url), _) if !url.is_empty() => {
+                    let url = match self.file_base.join(&url) {
+                        Ok(u) => u.to_string(),
+                        Err(_) => url,
+                    };
+                    let kind = match kind.as_deref() {
+                        Some("image") => FileKind::Image,
+                        _ => FileKind::Other,
+                    };
+                    out.push(Piece::File { kind, url });
+                }
+                // Old builds sent plain text chunks as `message_file` with an answer.
+                (_, Some(answer)) if !answer.is_empty() => out.push(Piece::Text(answer)),
+                _ => {}
+            },
+            Event::MessageReplace { answer } => out.push(Piece::Replace(answer)),
+            Event::MessageEnd { usage } => {
+                self.complete = true;
+                if let Some(u) = usage {
+                    out.push(Piece::Usage(Usage {
+                        prompt_tokens: u.prompt_tokens,
+                        completion_tokens: u.completion_tokens,
+                        total_tokens: u.total_tokens,
+                    }));
+                }
+            }
+            // Chatflows also send `message_end`; for workflow runs this is the only end.
+            Event::WorkflowFinished { status, error } => match status.as_deref() {
+                Some("failed") => {
+                    self.workflow_failure =
+                        Some(error.unwrap_or_else(|| "the workflow failed".to_string()));
+                }
+                Some("succeeded" | "partial-succeeded" | "stopped") => self.complete = true,
+                _ => {}
+            },
+            Event::Error {
+                code,
+                status,
+                message,
+            } => {
+                let error = DifyError::Event {
+                    code,
+                    status,
+                    message,
+                };
+                self.fail(&error, out);
+                return Flow::Stop;
+            }
+            // Progress, thoughts, audio, empty chunks: nothing for the client.
+            Event::AgentMessage { .. } | Event::TextChunk { .. } | Event::Other { .. } => {}
+        }
+        Flow::Continue
+    }
+
+    /// Dify's stream is over: the answer ends, or, if Dify never completed it, fails.
+    pub fn on_end(&mut self, out: &mut Vec<Piece>) {
+        if self.over {
+            return;
+        }
+        if self.complete {
+            self.over = true;
+            out.push(Piece::End);
+            return;
+        }
+        let error = match &self.workflow_failure {
+            Some(error) => DifyError::Event {
+                code: "workflow_failed".to_string(),
+                status: None,
+                message: error.clone(),
+            },
+            None => {
+                DifyError::Stream("Dify's stream ended before the answer was complete".to_string())
+            }
+        };
+        self.fail(&error, out);
+    }
+
+    /// The answer failed mid-way: one failure piece, then nothing more.
+    pub fn fail(&mut self, error: &DifyError, out: &mut Vec<Piece>) {
+        if self.over {
+            return;
+        }
+        self.over = true;
+        out.push(Piece::Failed(Failure {
+            // The run had started: a retry would replay it.
+            error: from_dify(&self.model, error, true),
+            cause: error.summary(),
+        }));
+    }
+}

@@ -1,0 +1,65 @@
+//! The Dify task behind an answer in progress, stopped if the answer is abandoned.
+
+use super::DifyClient;
+
+/// Stops the Dify task when dropped while still armed: a client that goes away before the
+/// answer is complete must not leave Dify generating (and billing) on its own.
+pub struct RunningTask {
+    dify: DifyClient,
+    app_key: String,
+    user: String,
+    task_id: Option<String>,
+    armed: bool,
+}
+
+impl RunningTask {
+    pub fn new(dify: DifyClient, app_key: String, user: String) -> Self {
+        Self {
+            dify,
+            app_key,
+            user,
+            task_id: None,
+            armed: true,
+        }
+    }
+
+    /// Remembers the task id from the first frame that names it.
+    pub fn learn(&mut self, task_id: Option<&str>) {
+        if self.task_id.is_none() {
+            self.task_id = task_id.map(str::to_string);
+        }
+    }
+
+    pub fn task_id(&self) -> Option<&str> {
+        self.task_id.as_deref()
+    }
+
+    /// Dify finished the run itself: nothing to stop.
+    pub fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for RunningTask {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Some(task_id) = self.task_id.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (dify, key, user) = (
+            self.dify.clone(),
+            std::mem::take(&mut self.app_key),
+            std::mem::take(&mut self.user),
+        );
+        tracing::info!(
+            task_id,
+            "client went away before the answer was complete; stopping the Dify task"
+        );
+        runtime.spawn(async move { dify.stop(&key, &task_id, &user).await });
+    }
+}

@@ -1,0 +1,166 @@
+//! Every error a client can see, and the one mapping of each to an HTTP status, an
+//! OpenAI-shaped body and retry hints. Pure data: the HTTP edge (`routes::error`) turns a
+//! [`ClientError`] into a response, the encoders into an in-stream error event.
+
+/// Dify's failures → client errors: the table behind the README's error section.
+pub mod dify;
+
+use http::StatusCode;
+
+use crate::dify::DifyError;
+use crate::openai::{ErrorBody, ErrorObject};
+
+/// Errors of the HTTP boundary.
+#[derive(Debug, Clone)]
+pub enum ApiError {
+    BadRequest {
+        message: String,
+        param: Option<String>,
+    },
+    ModelNotFound {
+        model: String,
+        available: Vec<String>,
+    },
+    Unauthorized,
+    /// A valid key asked for a model outside its allow-list.
+    ModelNotAllowed {
+        model: String,
+    },
+    NotFound {
+        path: String,
+    },
+    MethodNotAllowed {
+        method: String,
+        path: String,
+    },
+    UnsupportedMediaType {
+        media: String,
+    },
+    PayloadTooLarge {
+        limit: usize,
+    },
+    Dify {
+        model: String,
+        error: DifyError,
+    },
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>, param: Option<String>) -> Self {
+        ApiError::BadRequest {
+            message: message.into(),
+            param,
+        }
+    }
+}
+
+/// What a client receives for an error: status, body, and the retry hints the OpenAI SDKs
+/// read (`x-should-retry`, `retry-after`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientError {
+    pub status: StatusCode,
+    pub body: ErrorBody,
+    /// `Some(false)` when a retry would replay work Dify already did or cannot succeed.
+    pub should_retry: Option<bool>,
+    pub retry_after: Option<String>,
+}
+
+impl ClientError {
+    pub(crate) fn new(status: StatusCode, kind: &str, code: Option<&str>, message: String) -> Self {
+        Self {
+            status,
+            body: ErrorBody {
+                error: ErrorObject {
+                    message,
+                    kind: kind.to_string(),
+                    param: None,
+                    code: code.map(str::to_string),
+                },
+            },
+            should_retry: None,
+            retry_after: None,
+        }
+    }
+
+    pub(crate) fn no_retry(mut self) -> Self {
+        self.should_retry = Some(false);
+        self
+    }
+}
+
+impl From<&ApiError> for ClientError {
+    fn from(e: &ApiError) -> Self {
+        match e {
+            ApiError::BadRequest { message, param } => {
+                let mut c = ClientError::new(StatusCode::BAD_REQUEST, "invalid_request_error", None, message.clone());
+                c.body.error.param = param.clone();
+                c
+            }
+            ApiError::ModelNotFound { model, available } => {
+                let mut c = ClientError::new(
+                    StatusCode::NOT_FOUND,
+                    "invalid_request_error",
+                    Some("model_not_found"),
+                    format!(
+                        "The model `{model}` does not exist. Available models: {}.",
+                        if available.is_empty() { "none".to_string() } else { available.join(", ") }
+                    ),
+                );
+                c.body.error.param = Some("model".to_string());
+                c
+            }
+            ApiError::Unauthorized => ClientError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                Some("invalid_api_key"),
+                "Incorrect or missing API key. Send one of the proxy's keys as `Authorization: Bearer <key>`."
+                    .to_string(),
+            ),
+            ApiError::ModelNotAllowed { model } => {
+                let mut c = ClientError::new(
+                    StatusCode::FORBIDDEN,
+                    "permission_error",
+                    Some("model_not_allowed"),
+                    format!("Your API key may not use the model `{model}`."),
+                );
+                c.body.error.param = Some("model".to_string());
+                c
+            }
+            ApiError::NotFound { path } => ClientError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                Some("unknown_url"),
+                format!("Unknown path {path}. This server offers GET /v1/models and POST /v1/chat/completions."),
+            ),
+            ApiError::MethodNotAllowed { method, path } => ClientError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request_error",
+                Some("method_not_allowed"),
+                format!("{method} is not allowed on {path}."),
+            ),
+            ApiError::UnsupportedMediaType { media } => ClientError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request_error",
+                Some("unsupported_media_type"),
+                format!("The request body must be JSON (Content-Type: application/json), not `{media}`."),
+            ),
+            ApiError::PayloadTooLarge { limit } => ClientError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                Some("request_too_large"),
+                format!("The request body is larger than the limit of {limit} bytes."),
+            ),
+            ApiError::Dify { model, error } => dify::from_dify(model, error, false),
+        }
+    }
+}
+
+/// serde_json's message without its trailing " at line L column C": a client sees the
+/// field path instead, a configuration problem prints the position its own way.
+pub fn json_error_text(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}

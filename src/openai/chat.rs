@@ -1,0 +1,244 @@
+//! The chat-completions encoder: answer pieces → `chat.completion.chunk`s for streaming
+//! clients, or the accumulated answer → one `chat.completion`.
+
+use super::types::{
+    ChatCompletion, ChatCompletionChunk, Choice, ChunkChoice, Delta, ErrorBody, FinishReason,
+    ResponseMessage, Usage, UsageField,
+};
+use crate::answer::{Accumulator, Content, Failure, FileKind, Piece, StreamEncoder};
+
+/// Per-response settings shared by every chunk.
+#[derive(Debug, Clone)]
+pub struct ChunkMeta {
+    pub id: String,
+    pub created: i64,
+    pub model: String,
+    pub include_usage: bool,
+}
+
+/// One thing to send to a streaming client.
+#[derive(Debug)]
+pub enum Output {
+    Chunk(ChatCompletionChunk),
+    /// `: ping` comment line: keeps proxies and clients from timing out, ignored by parsers.
+    KeepAlive,
+    /// `data: {"error": ...}`, after which the stream ends.
+    Error(ErrorBody),
+    /// `data: [DONE]`.
+    Done,
+}
+
+impl Output {
+    /// Appends the SSE bytes of this output.
+    pub fn write_sse(&self, buf: &mut Vec<u8>) {
+        match self {
+            Output::Chunk(chunk) => write_data(buf, chunk),
+            Output::Error(body) => write_data(buf, body),
+            Output::KeepAlive => buf.extend_from_slice(b": ping\n\n"),
+            Output::Done => buf.extend_from_slice(b"data: [DONE]\n\n"),
+        }
+    }
+}
+
+fn write_data(buf: &mut Vec<u8>, value: &impl serde::Serialize) {
+    buf.extend_from_slice(b"data: ");
+    // Our own types always serialize; the fallback keeps a clean error on the wire anyway.
+    if serde_json::to_writer(&mut *buf, value).is_err() {
+        buf.extend_from_slice(br#"{"error":{"message":"internal serialization error","type":"server_error","param":null,"code":null}}"#);
+    }
+    buf.extend_from_slice(b"\n\n");
+}
+
+/// Encodes one streamed answer as chunks.
+pub struct ChunkEncoder {
+    meta: ChunkMeta,
+    /// Some content went out (a replacement then starts on a new paragraph).
+    emitted_text: bool,
+    /// The finish chunk or an error went out: nothing more may.
+    finished: bool,
+    /// Every content delta sent so far: the answer as the client will send it back.
+    visible: String,
+}
+
+impl ChunkEncoder {
+    pub fn new(meta: ChunkMeta) -> Self {
+        Self {
+            meta,
+            emitted_text: false,
+            finished: false,
+            visible: String::new(),
+        }
+    }
+
+    /// The opening chunk: `role: assistant` with empty content, sent as soon as Dify
+    /// accepted the request.
+    pub fn start(&self) -> Output {
+        Output::Chunk(self.chunk(
+            Delta {
+                role: Some("assistant".to_string()),
+                content: Some(String::new()),
+            },
+            None,
+        ))
+    }
+
+    /// The outputs for one piece; `answer` already includes it.
+    pub fn piece(&mut self, piece: &Piece, answer: &Accumulator, out: &mut Vec<Output>) {
+        if self.finished {
+            return;
+        }
+        match piece {
+            Piece::KeepAlive => out.push(Output::KeepAlive),
+            Piece::Text(text) => out.push(self.content(text.clone())),
+            Piece::File { kind, url } => out.push(self.content(file_markdown(*kind, url))),
+            Piece::Replace(text) => {
+                // Streamed deltas cannot be withdrawn: the replacement follows them after a
+                // blank line, and the finish reason says a content filter acted.
+                let text = if self.emitted_text {
+                    format!("\n\n{text}")
+                } else {
+                    text.clone()
+                };
+                out.push(self.content(text));
+            }
+            // Sent with the end, when the client asked for it.
+            Piece::Usage(_) => {}
+            Piece::End => {
+                self.finished = true;
+                let reason = finish_reason(answer);
+                out.push(Output::Chunk(self.chunk(Delta::default(), Some(reason))));
+                if self.meta.include_usage {
+                    let mut chunk = self.chunk(Delta::default(), None);
+                    chunk.choices.clear();
+                    chunk.usage = UsageField::Value(usage(answer));
+                    out.push(Output::Chunk(chunk));
+                }
+                out.push(Output::Done);
+            }
+            Piece::Failed(failure) => {
+                self.finished = true;
+                out.push(Output::Error(failure.error.body.clone()));
+            }
+        }
+    }
+
+    /// The concatenated content the client received.
+    pub fn visible_text(&self) -> &str {
+        &self.visible
+    }
+
+    fn content(&mut self, text: String) -> Output {
+        self.emitted_text = true;
+        self.visible.push_str(&text);
+        Output::Chunk(self.chunk(
+            Delta {
+                role: None,
+                content: Some(text),
+            },
+            None,
+        ))
+    }
+
+    fn chunk(&self, delta: Delta, finish_reason: Option<FinishReason>) -> ChatCompletionChunk {
+        ChatCompletionChunk {
+            id: self.meta.id.clone(),
+            object: "chat.completion.chunk".to_string(),
+            created: self.meta.created,
+            model: self.meta.model.clone(),
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta,
+                logprobs: None,
+                finish_reason,
+            }],
+            usage: if self.meta.include_usage {
+                UsageField::Null(())
+            } else {
+                UsageField::Absent
+            },
+        }
+    }
+}
+
+impl StreamEncoder for ChunkEncoder {
+    fn start(&mut self, buf: &mut Vec<u8>) {
+        ChunkEncoder::start(self).write_sse(buf);
+    }
+
+    fn encode(&mut self, piece: &Piece, answer: &Accumulator, buf: &mut Vec<u8>) {
+        let mut outputs = Vec::with_capacity(3);
+        self.piece(piece, answer, &mut outputs);
+        for output in &outputs {
+            output.write_sse(buf);
+        }
+    }
+
+    fn visible_text(&self) -> &str {
+        &self.visible
+    }
+}
+
+/// The whole answer as one completion, or the failure that ended it. Call once the
+/// answer is over (the decoder always ends it with `End` or `Failed`).
+pub fn completion<'a>(
+    meta: &ChunkMeta,
+    answer: &'a Accumulator,
+) -> Result<ChatCompletion, &'a Failure> {
+    if let Some(failure) = answer.failure() {
+        return Err(failure);
+    }
+    Ok(ChatCompletion {
+        id: meta.id.clone(),
+        object: "chat.completion".to_string(),
+        created: meta.created,
+        model: meta.model.clone(),
+        choices: vec![Choice {
+            index: 0,
+            message: ResponseMessage {
+                role: "assistant".to_string(),
+                content: content_text(answer),
+                refusal: None,
+            },
+            logprobs: None,
+            finish_reason: finish_reason(answer),
+        }],
+        usage: usage(answer),
+    })
+}
+
+/// The answer's content as one string, files as Markdown links.
+pub fn content_text(answer: &Accumulator) -> String {
+    let mut text = String::new();
+    for part in answer.content() {
+        match part {
+            Content::Text(t) => text.push_str(t),
+            Content::File { kind, url } => text.push_str(&file_markdown(*kind, url)),
+        }
+    }
+    text
+}
+
+/// A file as its own Markdown paragraph, so chat UIs show images inline.
+fn file_markdown(kind: FileKind, url: &str) -> String {
+    match kind {
+        FileKind::Image => format!("\n\n![image]({url})\n\n"),
+        FileKind::Other => format!("\n\n[file]({url})\n\n"),
+    }
+}
+
+fn finish_reason(answer: &Accumulator) -> FinishReason {
+    if answer.replaced() {
+        FinishReason::ContentFilter
+    } else {
+        FinishReason::Stop
+    }
+}
+
+fn usage(answer: &Accumulator) -> Usage {
+    let u = answer.usage();
+    Usage {
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
+        total_tokens: u.total_tokens,
+    }
+}

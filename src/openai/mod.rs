@@ -1,0 +1,8 @@
+//! The OpenAI side: wire types, and the encoders that turn an answer into them.
+
+/// Chat completions: chunks for streaming clients, one completion for the others.
+pub mod chat;
+/// Wire types of the chat-completions API and of OpenAI's error body.
+pub mod types;
+
+pub use types::*;

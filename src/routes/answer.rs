@@ -1,0 +1,68 @@
+//! What an answer in progress needs besides Dify's event stream, for both ways of
+//! delivering it (streamed in `stream.rs`, whole in `blocking.rs`).
+
+use std::time::Instant;
+
+use crate::answer::{Accumulator, DifyDecoder, Flow, Piece};
+use crate::conversation::ConversationLink;
+use crate::dify::{DifyError, DifyEvent, RunningTask};
+use crate::plan::Turn;
+
+pub struct AnswerRun {
+    pub decoder: DifyDecoder,
+    pub task: RunningTask,
+    pub link: ConversationLink,
+    pub turn: Turn,
+    pub model: String,
+    pub started: Instant,
+}
+
+impl AnswerRun {
+    /// Decodes one network read's worth of Dify items into pieces, keeping the task id
+    /// (to stop it) and the conversation id (to map it) as soon as a frame names them.
+    /// Items after a failure are dropped: the answer is over.
+    pub fn decode(
+        &mut self,
+        items: &mut Vec<Result<DifyEvent, DifyError>>,
+        pieces: &mut Vec<Piece>,
+    ) {
+        for item in items.drain(..) {
+            let flow = self.decoder.on_item(item, pieces);
+            self.task.learn(self.decoder.task_id());
+            if let Some(conversation) = self.decoder.conversation_id() {
+                self.link.on_conversation(conversation);
+            }
+            if flow == Flow::Stop {
+                // Dropping the drain discards the rest.
+                return;
+            }
+        }
+    }
+
+    /// The answer is over and the client has all of it (or its error). `cut`: the proxy
+    /// ended the stream for a limit, so Dify may still run and the task stays armed.
+    /// Maps a complete answer for the next turn, then waits for the store writes.
+    pub async fn close(&mut self, cut: bool, answer: &Accumulator, visible: &str) {
+        if !cut {
+            self.task.disarm();
+        }
+        let ms = self.started.elapsed().as_millis() as u64;
+        match answer.failure() {
+            None => {
+                self.link.on_answer(
+                    self.decoder.conversation_id(),
+                    &self.turn.history,
+                    &self.turn.message,
+                    visible,
+                );
+                let tokens = answer.usage().total_tokens;
+                tracing::info!(model = %self.model, ms, tokens, "answer complete");
+            }
+            Some(failure) => {
+                let code = failure.error.body.error.code.as_deref().unwrap_or("");
+                tracing::warn!(model = %self.model, ms, code, cause = %failure.cause, "Dify failed mid-answer");
+            }
+        }
+        self.link.finish_writes().await;
+    }
+}

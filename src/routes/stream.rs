@@ -1,0 +1,101 @@
+//! Streaming delivery: Dify's events → pieces → the encoder's bytes → the response body,
+//! as they arrive. Generic over the encoder, so every OpenAI API streams the same way.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::answer::AnswerRun;
+use crate::answer::{Accumulator, StreamEncoder};
+use crate::dify::EventStream;
+
+/// How long to keep reading an abandoned stream for the task id needed to stop it.
+const TASK_ID_GRACE: Duration = Duration::from_secs(10);
+
+/// An SSE response whose body is fed by a background pump.
+pub fn stream_answer(
+    upstream: EventStream,
+    encoder: impl StreamEncoder,
+    run: AnswerRun,
+) -> Response {
+    let (tx, rx) = mpsc::channel::<Bytes>(32);
+    tokio::spawn(pump(upstream, encoder, tx, run));
+    let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, Infallible>));
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tells nginx-style proxies in front of a local run not to buffer the stream.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// Moves the answer to the client as it arrives: every network read from Dify becomes at
+/// most one write to the client, with no timer of our own in between.
+async fn pump(
+    mut upstream: EventStream,
+    mut encoder: impl StreamEncoder,
+    tx: mpsc::Sender<Bytes>,
+    mut run: AnswerRun,
+) {
+    let mut buf = Vec::new();
+    encoder.start(&mut buf);
+    let mut answer = Accumulator::new();
+    let mut items = Vec::new();
+    let mut pieces = Vec::new();
+    loop {
+        if !buf.is_empty()
+            && tx
+                .send(Bytes::from(std::mem::take(&mut buf)))
+                .await
+                .is_err()
+        {
+            break;
+        }
+        if answer.is_over() {
+            // The body closes once the store writes are done.
+            run.close(upstream.was_cut(), &answer, encoder.visible_text())
+                .await;
+            return;
+        }
+        let more = tokio::select! {
+            biased;
+            _ = tx.closed() => break,
+            more = upstream.next_batch(&mut items) => more,
+        };
+        run.decode(&mut items, &mut pieces);
+        if !more {
+            run.decoder.on_end(&mut pieces);
+        }
+        for piece in pieces.drain(..) {
+            answer.apply(&piece);
+            encoder.encode(&piece, &answer, &mut buf);
+        }
+    }
+    // The client is gone. If no frame has named the task yet, read on briefly for it.
+    if run.task.task_id().is_none() {
+        let task = &mut run.task;
+        let _ = tokio::time::timeout(TASK_ID_GRACE, async {
+            while upstream.next_batch(&mut items).await {
+                for event in items.drain(..).flatten() {
+                    task.learn(event.task_id.as_deref());
+                }
+                if task.task_id().is_some() {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    run.link.finish_writes().await;
+    // Dropping `run.task` (still armed) stops the Dify task.
+}
