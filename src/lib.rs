@@ -14,8 +14,6 @@ pub mod dify;
 pub mod error;
 /// OpenAI chat-completions wire types.
 pub mod openai;
-/// Secrets read from SSM Parameter Store at cold start.
-pub mod parameters;
 /// The HTTP routes: models, chat completions, auth, fallbacks.
 pub mod routes;
 /// Shared per-instance state.

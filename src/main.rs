@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use axum::serve::ListenerExt;
 
-use opendify::config::ConfigErrors;
+use opendify::config::{ConfigErrors, ssm};
 use opendify::store::{ConversationStore, DynamoStore, MemoryStore};
-use opendify::{AppState, Config, parameters};
+use opendify::{AppState, Config};
 
 fn main() -> ExitCode {
     let lambda = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some();
@@ -52,7 +52,7 @@ fn main() -> ExitCode {
 /// problem of either source in one list.
 async fn load_config() -> Result<Config, ConfigErrors> {
     let env = |name: &str| std::env::var(name).ok();
-    let ssm = if parameters::any_requested(&env) {
+    let client = if ssm::any_requested(&env) {
         let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .load()
             .await;
@@ -60,7 +60,7 @@ async fn load_config() -> Result<Config, ConfigErrors> {
     } else {
         None
     };
-    let resolved = parameters::resolve(&env, ssm.as_ref()).await;
+    let resolved = ssm::resolve(&env, client.as_ref()).await;
     for (var, name) in &resolved.sources {
         tracing::info!("{var} read from SSM parameter {name:?}");
     }
@@ -70,7 +70,7 @@ async fn load_config() -> Result<Config, ConfigErrors> {
     match outcome {
         Ok(config) if problems.is_empty() => return Ok(config),
         Ok(_) => {}
-        Err(ConfigErrors(more)) => problems.extend(parameters::attribute_problems(more, &resolved)),
+        Err(ConfigErrors(more)) => problems.extend(resolved.attribute(more)),
     }
     Err(ConfigErrors(problems))
 }

@@ -1,29 +1,25 @@
 //! Proxy key check, in constant time, on every route. The matched key's model allow-list
 //! travels with the request as an [`Access`] extension.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
-
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
-use crate::config::Auth;
+use crate::config::{Auth, ModelAccess};
 use crate::error::ApiError;
 use crate::state::AppState;
 
 /// What the caller's key may use.
 #[derive(Debug, Clone, Default)]
 pub struct Access {
-    /// None: every configured model.
-    models: Option<Arc<BTreeSet<String>>>,
+    models: ModelAccess,
 }
 
 impl Access {
     pub fn allows(&self, model: &str) -> bool {
-        self.models.as_ref().is_none_or(|m| m.contains(model))
+        self.models.allows(model)
     }
 }
 
@@ -45,7 +41,7 @@ pub async fn require_key(
         presented.and_then(|token| matching_key(token, keys.iter().map(|k| k.key.expose())));
     match matched {
         Some(i) => {
-            let models = keys[i].models.clone().map(Arc::new);
+            let models = keys[i].models.clone();
             request.extensions_mut().insert(Access { models });
             next.run(request).await
         }
