@@ -10,7 +10,7 @@
 
 /// One answer, neutral between Dify and OpenAI: pieces decoded from Dify, accumulated.
 pub mod answer;
-/// Configuration, validated as a whole at cold start.
+/// Configuration from the environment and SSM, validated as a whole at cold start.
 pub mod config;
 /// Which Dify conversation a request continues (keys, rules, store reads and writes).
 pub mod conversation;
@@ -20,8 +20,6 @@ pub mod dify;
 pub mod error;
 /// OpenAI wire types and the encoders of an answer into them.
 pub mod openai;
-/// Secrets read from SSM Parameter Store at cold start.
-pub mod parameters;
 /// OpenAI request → Dify request: the turn, its history, its end user.
 pub mod plan;
 /// The HTTP routes: models, chat completions, auth, fallbacks.

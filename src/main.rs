@@ -5,8 +5,8 @@
 
 use std::process::ExitCode;
 
-use opendify::config::ConfigErrors;
-use opendify::{Config, parameters};
+use opendify::Config;
+use opendify::config::{ConfigErrors, ssm};
 
 fn main() -> ExitCode {
     let lambda = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some();
@@ -48,7 +48,7 @@ fn main() -> ExitCode {
 /// problem of either source in one list.
 async fn load_config() -> Result<Config, ConfigErrors> {
     let env = |name: &str| std::env::var(name).ok();
-    let ssm = if parameters::any_requested(&env) {
+    let client = if ssm::any_requested(&env) {
         let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .load()
             .await;
@@ -56,7 +56,7 @@ async fn load_config() -> Result<Config, ConfigErrors> {
     } else {
         None
     };
-    let resolved = parameters::resolve(&env, ssm.as_ref()).await;
+    let resolved = ssm::resolve(&env, client.as_ref()).await;
     for (var, name) in &resolved.sources {
         tracing::info!("{var} read from SSM parameter {name:?}");
     }
@@ -66,7 +66,7 @@ async fn load_config() -> Result<Config, ConfigErrors> {
     match outcome {
         Ok(config) if problems.is_empty() => return Ok(config),
         Ok(_) => {}
-        Err(ConfigErrors(more)) => problems.extend(parameters::attribute_problems(more, &resolved)),
+        Err(ConfigErrors(more)) => problems.extend(resolved.attribute(more)),
     }
     Err(ConfigErrors(problems))
 }

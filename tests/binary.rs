@@ -450,7 +450,7 @@ fn a_value_and_its_parameter_together_are_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("both MODEL_CONFIG and MODEL_CONFIG_PARAMETER are set: keep one of them"),
+        stderr.contains("MODEL_CONFIG and MODEL_CONFIG_PARAMETER are both set: keep one of them"),
         "{stderr}"
     );
 }

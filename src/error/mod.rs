@@ -164,3 +164,18 @@ pub fn json_error_text(e: &serde_json::Error) -> String {
         None => text,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_error_text_drops_only_the_position() {
+        let e = serde_json::from_str::<serde_json::Value>("[1,").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "EOF while parsing a value at line 1 column 3"
+        );
+        assert_eq!(json_error_text(&e), "EOF while parsing a value");
+    }
+}

@@ -1,8 +1,5 @@
 //! Proxy key check, in constant time, on every route. The matched key's model allow-list
-//! travels with the request as an [`Access`] extension.
-
-use std::collections::BTreeSet;
-use std::sync::Arc;
+//! travels with the request as a [`ModelAccess`] extension.
 
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
@@ -10,22 +7,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
-use crate::config::Auth;
+use crate::config::{Auth, ModelAccess};
 use crate::error::ApiError;
 use crate::state::AppState;
-
-/// What the caller's key may use.
-#[derive(Debug, Clone, Default)]
-pub struct Access {
-    /// None: every configured model.
-    models: Option<Arc<BTreeSet<String>>>,
-}
-
-impl Access {
-    pub fn allows(&self, model: &str) -> bool {
-        self.models.as_ref().is_none_or(|m| m.contains(model))
-    }
-}
 
 pub async fn require_key(
     State(state): State<AppState>,
@@ -33,7 +17,7 @@ pub async fn require_key(
     next: Next,
 ) -> Response {
     let Auth::Keys(keys) = &state.config().auth else {
-        request.extensions_mut().insert(Access::default());
+        request.extensions_mut().insert(ModelAccess::all());
         return next.run(request).await;
     };
     let presented = request
@@ -45,8 +29,8 @@ pub async fn require_key(
         presented.and_then(|token| matching_key(token, keys.iter().map(|k| k.key.expose())));
     match matched {
         Some(i) => {
-            let models = keys[i].models.clone().map(Arc::new);
-            request.extensions_mut().insert(Access { models });
+            // An Arc clone: the allow-list itself is shared, never copied per request.
+            request.extensions_mut().insert(keys[i].models.clone());
             next.run(request).await
         }
         None => ApiError::Unauthorized.into_response(),

@@ -8,12 +8,12 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 
 use super::answer::AnswerRun;
-use super::auth::Access as ModelAccess;
 use super::blocking::complete_answer;
 use super::extract::OpenAiJson;
 use super::models::visible_models;
 use super::stream::stream_answer;
 use crate::answer::DifyDecoder;
+use crate::config::ModelAccess;
 use crate::conversation::{ConversationLink, thread_for};
 use crate::dify::{DifyError, RunningTask};
 use crate::error::ApiError;

@@ -3,15 +3,14 @@
 use axum::Json;
 use axum::extract::{Extension, Path, State};
 
-use super::auth::Access;
-
+use crate::config::ModelAccess;
 use crate::error::ApiError;
 use crate::openai::{Model, ModelList};
 use crate::state::AppState;
 
 pub async fn list(
     State(state): State<AppState>,
-    Extension(access): Extension<Access>,
+    Extension(access): Extension<ModelAccess>,
 ) -> Json<ModelList> {
     // BTreeMap keys: already sorted by name. A key with an allow-list sees only its models.
     let data = state
@@ -29,7 +28,7 @@ pub async fn list(
 
 pub async fn get(
     State(state): State<AppState>,
-    Extension(access): Extension<Access>,
+    Extension(access): Extension<ModelAccess>,
     Path(id): Path<String>,
 ) -> Result<Json<Model>, ApiError> {
     if state.config().models.contains_key(&id) && access.allows(&id) {
@@ -43,7 +42,7 @@ pub async fn get(
 }
 
 /// The model names this caller may see, for "available models" in error messages.
-pub fn visible_models(state: &AppState, access: &Access) -> Vec<String> {
+pub fn visible_models(state: &AppState, access: &ModelAccess) -> Vec<String> {
     state
         .config()
         .models

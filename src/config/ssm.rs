@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
 
+use super::Problem;
+
 /// (variable naming a parameter, variable whose value it provides)
 pub const PARAMETER_VARS: [(&str, &str); 2] = [
     ("MODEL_CONFIG_PARAMETER", "MODEL_CONFIG"),
@@ -21,18 +23,36 @@ const SSM_TIMEOUT: Duration = Duration::from_secs(5);
 /// Values read from parameters (by the variable they provide), and the problems met.
 #[derive(Debug, Default)]
 pub struct Resolved {
-    pub values: HashMap<String, String>,
+    pub values: HashMap<&'static str, String>,
     /// Variable → parameter name, to say where a value came from in later messages.
-    pub sources: HashMap<String, String>,
+    pub sources: HashMap<&'static str, String>,
     /// Variables whose parameter could not be read (their "is not set" problem is noise).
-    pub failed: Vec<String>,
-    pub problems: Vec<String>,
+    pub failed: Vec<&'static str>,
+    pub problems: Vec<Problem>,
+}
+
+impl Resolved {
+    /// Says where a value came from in the problems about it (`MODEL_CONFIG (from SSM
+    /// parameter "/x") is not valid JSON`), and drops the "is not set" of a variable whose
+    /// parameter could not be read: that failure is already listed, with its cause.
+    pub fn attribute(&self, problems: Vec<Problem>) -> Vec<Problem> {
+        problems
+            .into_iter()
+            .filter(|p| !(p.unset && self.failed.contains(&p.variable)))
+            .map(|mut p| {
+                if let Some(name) = self.sources.get(p.variable) {
+                    p.parameter = Some(name.clone());
+                }
+                p
+            })
+            .collect()
+    }
 }
 
 /// Which parameters to read: (parameter var, target var, parameter name), plus conflicts.
 pub fn requested(
     lookup: &impl Fn(&str) -> Option<String>,
-) -> (Vec<(&'static str, &'static str, String)>, Vec<String>) {
+) -> (Vec<(&'static str, &'static str, String)>, Vec<Problem>) {
     let mut wanted = Vec::new();
     let mut problems = Vec::new();
     for (param_var, target) in PARAMETER_VARS {
@@ -43,8 +63,9 @@ pub fn requested(
             continue;
         };
         if lookup(target).is_some_and(|v| !v.trim().is_empty()) {
-            problems.push(format!(
-                "both {target} and {param_var} are set: keep one of them"
+            problems.push(Problem::new(
+                target,
+                format!("and {param_var} are both set: keep one of them"),
             ));
             continue;
         }
@@ -74,22 +95,22 @@ pub async fn resolve(
             .send();
         let outcome = match tokio::time::timeout(SSM_TIMEOUT, call).await {
             Err(_) => Err(format!(
-                "{param_var}: reading {name:?} from SSM Parameter Store timed out"
+                "names {name:?}, but reading it from SSM Parameter Store timed out"
             )),
             Ok(Ok(out)) => match out.parameter.and_then(|p| p.value) {
                 Some(value) => Ok(value),
-                None => Err(format!("{param_var}: parameter {name:?} has no value")),
+                None => Err(format!("names {name:?}, which has no value")),
             },
-            Ok(Err(e)) => Err(describe(param_var, &name, &e)),
+            Ok(Err(e)) => Err(describe(&name, &e)),
         };
         match outcome {
             Ok(value) => {
-                resolved.values.insert(target.to_string(), value);
-                resolved.sources.insert(target.to_string(), name);
+                resolved.values.insert(target, value);
+                resolved.sources.insert(target, name);
             }
-            Err(problem) => {
-                resolved.failed.push(target.to_string());
-                resolved.problems.push(problem);
+            Err(detail) => {
+                resolved.failed.push(target);
+                resolved.problems.push(Problem::new(param_var, detail));
             }
         }
     }
@@ -103,9 +124,9 @@ pub fn any_requested(lookup: &impl Fn(&str) -> Option<String>) -> bool {
         .any(|(v, _)| lookup(v).is_some_and(|n| !n.trim().is_empty()))
 }
 
-/// Plain words for an SSM failure; never the parameter's value.
+/// Plain words for an SSM failure, worded to follow the `*_PARAMETER` variable's name;
+/// never the parameter's value.
 fn describe<E: ProvideErrorMetadata + std::error::Error + 'static>(
-    param_var: &str,
     name: &str,
     e: &SdkError<E>,
 ) -> String {
@@ -114,54 +135,31 @@ fn describe<E: ProvideErrorMetadata + std::error::Error + 'static>(
             let code = service.err().code().unwrap_or("unknown error");
             match code {
                 "ParameterNotFound" => format!(
-                    "{param_var} names {name:?}, which does not exist in SSM Parameter Store (check the name and the region)"
+                    "names {name:?}, which does not exist in SSM Parameter Store (check the name and the region)"
                 ),
                 "AccessDeniedException" | "AccessDenied" => format!(
-                    "{param_var}: access to {name:?} was denied: the function's role needs ssm:GetParameter on it (and kms:Decrypt on its key)"
+                    "names {name:?}, but access to it was denied: the function's role needs ssm:GetParameter on it (and kms:Decrypt on its key)"
                 ),
                 "InvalidKeyId" | "KMSAccessDeniedException" => format!(
-                    "{param_var}: {name:?} could not be decrypted: the function's role needs kms:Decrypt on the parameter's key"
+                    "names {name:?}, which could not be decrypted: the function's role needs kms:Decrypt on the parameter's key"
                 ),
                 other => format!(
-                    "{param_var}: reading {name:?} failed: {other}: {}",
+                    "names {name:?}, but reading it failed: {other}: {}",
                     service.err().message().unwrap_or("")
                 ),
             }
         }
         other => format!(
-            "{param_var}: could not reach SSM Parameter Store to read {name:?}: {}",
+            "names {name:?}, but SSM Parameter Store could not be reached: {}",
             aws_sdk_ssm::error::DisplayErrorContext(other)
         ),
     }
 }
 
-/// Says where a value came from in the problems about it: `MODEL_CONFIG is not valid JSON`
-/// becomes `MODEL_CONFIG (from SSM parameter "/x") is not valid JSON`.
-pub fn attribute_problems(problems: Vec<String>, resolved: &Resolved) -> Vec<String> {
-    problems
-        .into_iter()
-        .filter(|p| {
-            !resolved
-                .failed
-                .iter()
-                .any(|var| p.starts_with(&format!("{var} is not set")))
-        })
-        .map(|p| {
-            for (var, name) in &resolved.sources {
-                if let Some(rest) = p.strip_prefix(var.as_str())
-                    && (rest.starts_with(' ') || rest.starts_with(':'))
-                {
-                    return format!("{var} (from SSM parameter {name:?}){rest}");
-                }
-            }
-            p
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Config, ConfigErrors};
 
     fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = vars
@@ -169,6 +167,10 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| map.get(k).cloned()
+    }
+
+    fn texts(problems: &[Problem]) -> Vec<String> {
+        problems.iter().map(ToString::to_string).collect()
     }
 
     #[test]
@@ -197,35 +199,86 @@ mod tests {
         let (wanted, problems) = requested(&l);
         assert!(wanted.is_empty());
         assert_eq!(
-            problems,
-            vec!["both MODEL_CONFIG and MODEL_CONFIG_PARAMETER are set: keep one of them"]
+            texts(&problems),
+            vec!["MODEL_CONFIG and MODEL_CONFIG_PARAMETER are both set: keep one of them"]
         );
         assert!(!any_requested(&lookup(&[])));
     }
 
+    fn resolved() -> Resolved {
+        Resolved {
+            sources: HashMap::from([("MODEL_CONFIG", "/od/models".to_string())]),
+            failed: vec!["PROXY_API_KEYS"],
+            ..Resolved::default()
+        }
+    }
+
     #[test]
     fn problems_name_their_source_and_drop_noise() {
-        let resolved = Resolved {
-            sources: HashMap::from([("MODEL_CONFIG".to_string(), "/od/models".to_string())]),
-            failed: vec!["PROXY_API_KEYS".to_string()],
-            ..Resolved::default()
-        };
-        let out = attribute_problems(
-            vec![
-                "MODEL_CONFIG is not valid JSON: x".to_string(),
-                "MODEL_CONFIG model \"a\": bad".to_string(),
-                "PROXY_API_KEYS is not set: give ...".to_string(),
-                "DIFY_API_BASE is not set".to_string(),
-            ],
-            &resolved,
-        );
+        let out = resolved().attribute(vec![
+            Problem::new("MODEL_CONFIG", "is not valid JSON: x"),
+            Problem::new("MODEL_CONFIG", "model \"a\": bad"),
+            Problem::not_set("PROXY_API_KEYS", "give ..."),
+            Problem::not_set("DIFY_API_BASE", "give ..."),
+        ]);
         assert_eq!(
-            out,
+            texts(&out),
             vec![
                 "MODEL_CONFIG (from SSM parameter \"/od/models\") is not valid JSON: x",
                 "MODEL_CONFIG (from SSM parameter \"/od/models\") model \"a\": bad",
-                "DIFY_API_BASE is not set",
+                "DIFY_API_BASE is not set: give ...",
             ]
         );
+    }
+
+    /// The old string-prefix version got each of these wrong: it attributed only details
+    /// starting with ' ' or ':', and dropped by the words "is not set" rather than by fact.
+    #[test]
+    fn attribution_follows_the_fields_not_the_wording() {
+        let worded_freely = Problem::new("MODEL_CONFIG", "'s entry \"a\" is odd");
+        let not_set_but_reworded = Problem {
+            unset: true,
+            ..Problem::new("PROXY_API_KEYS", "has no value")
+        };
+        let set_but_sounds_unset = Problem::new("PROXY_API_KEYS", "is not set to any key");
+        let similar_name = Problem::new("MODEL_CONFIG_PARAMETER", "names \"/x\", which …");
+        let out = resolved().attribute(vec![
+            worded_freely,
+            not_set_but_reworded,
+            set_but_sounds_unset.clone(),
+            similar_name.clone(),
+        ]);
+        assert_eq!(out.len(), 3, "{out:?}");
+        assert_eq!(out[0].parameter.as_deref(), Some("/od/models"));
+        assert_eq!(
+            out[0].to_string(),
+            "MODEL_CONFIG (from SSM parameter \"/od/models\") 's entry \"a\" is odd"
+        );
+        assert_eq!(out[1], set_but_sounds_unset);
+        assert_eq!(out[2], similar_name);
+    }
+
+    /// The real configuration's problems, through the same steps as `load_config`.
+    #[test]
+    fn config_problems_are_attributed_end_to_end() {
+        let merged = lookup(&[
+            ("DIFY_API_BASE", "https://api.dify.ai/v1"),
+            ("MODEL_CONFIG", r#"{"m": "sk-notanappkey12345678", "n": 1}"#),
+        ]);
+        let Err(ConfigErrors(problems)) = Config::from_lookup(merged) else {
+            panic!("the configuration should be invalid")
+        };
+        let out = texts(&resolved().attribute(problems));
+        assert_eq!(
+            out.len(),
+            2,
+            "PROXY_API_KEYS is not set should be dropped: {out:?}"
+        );
+        for text in &out {
+            assert!(
+                text.starts_with("MODEL_CONFIG (from SSM parameter \"/od/models\") model "),
+                "{text}"
+            );
+        }
     }
 }

@@ -1,18 +1,25 @@
 //! Configuration read once at cold start and validated as a whole: every problem is
 //! collected so one failed start shows the user everything to fix.
 
+/// MODEL_CONFIG: the models offered and the Dify app behind each.
+pub mod models;
+/// Secrets read from SSM Parameter Store at cold start.
+pub mod ssm;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
+use http::{HeaderName, HeaderValue};
 use url::Url;
+
+pub use models::ModelConfig;
 
 /// Default wait for Dify to connect and send its response head.
 pub const DEFAULT_DIFY_TIMEOUT_SECS: u64 = 30;
 /// Lambda function URLs accept at most 6 MB of request payload; match that locally.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 6 * 1024 * 1024;
-/// Dify `user` sent when the client identifies no end user.
-pub const DEFAULT_USER: &str = "opendify";
 /// Open WebUI's chat id header (renamable there with FORWARD_SESSION_INFO_HEADER_CHAT_ID).
 pub const DEFAULT_CHAT_ID_HEADER: &str = "x-openwebui-chat-id";
 pub const DEFAULT_CONVERSATION_TTL_DAYS: u64 = 30;
@@ -67,12 +74,6 @@ impl fmt::Display for Secret {
     }
 }
 
-/// One model the proxy offers: the Dify app behind it.
-#[derive(Debug, Clone)]
-pub struct ModelConfig {
-    pub app_key: Secret,
-}
-
 /// Which browser origins may call the API (Open WebUI direct connections, browser SDKs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cors {
@@ -82,21 +83,36 @@ pub enum Cors {
     Disabled,
 }
 
-/// How clients authenticate to the proxy.
-/// One proxy key and, optionally, the models it may use.
+/// One proxy key and the models it may use.
 #[derive(Debug, Clone)]
 pub struct ProxyKey {
     pub key: Secret,
-    /// None: every model. `PROXY_API_KEYS` entry form `key:model1|model2`.
-    pub models: Option<BTreeSet<String>>,
+    /// `PROXY_API_KEYS` entry form `key:model1|model2` restricts it; plain `key` does not.
+    pub models: ModelAccess,
 }
 
-impl ProxyKey {
+/// The models a caller may use. Shared, so a request carries its key's allow-list by a
+/// reference count rather than a copy of the set.
+#[derive(Debug, Clone, Default)]
+pub struct ModelAccess(Option<Arc<BTreeSet<String>>>);
+
+impl ModelAccess {
+    /// Every configured model (also the `Default`).
+    pub fn all() -> Self {
+        Self(None)
+    }
+
+    /// Only these models.
+    pub fn only(models: BTreeSet<String>) -> Self {
+        Self(Some(Arc::new(models)))
+    }
+
     pub fn allows(&self, model: &str) -> bool {
-        self.models.as_ref().is_none_or(|m| m.contains(model))
+        self.0.as_ref().is_none_or(|m| m.contains(model))
     }
 }
 
+/// How clients authenticate to the proxy.
 #[derive(Debug, Clone)]
 pub enum Auth {
     /// `Authorization: Bearer <one of these>` is required on every route.
@@ -126,15 +142,60 @@ pub struct Config {
     pub conversation_table: Option<String>,
     pub conversation_ttl: Duration,
     /// Header carrying the client's chat id (lower case).
-    pub chat_id_header: axum::http::HeaderName,
+    pub chat_id_header: HeaderName,
     /// Continue conversations of clients that send no chat id by matching the history.
     pub history_matching: bool,
     pub cors: Cors,
 }
 
+/// One configuration problem. Kept as data rather than a sentence so that saying where a
+/// value came from (an SSM parameter) or dropping a problem as noise works on the fields,
+/// and rewording a message cannot break either.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The variable at fault, printed first: `MODEL_CONFIG`.
+    pub variable: &'static str,
+    /// What is wrong, worded to follow the variable's name: `is not valid JSON: …`.
+    pub detail: String,
+    /// The variable has no value at all.
+    pub unset: bool,
+    /// The SSM parameter the variable's value was read from, if not the environment.
+    pub parameter: Option<String>,
+}
+
+impl Problem {
+    pub fn new(variable: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            variable,
+            detail: detail.into(),
+            unset: false,
+            parameter: None,
+        }
+    }
+
+    /// `VARIABLE is not set: <hint>`.
+    pub fn not_set(variable: &'static str, hint: &str) -> Self {
+        Self {
+            unset: true,
+            ..Self::new(variable, format!("is not set: {hint}"))
+        }
+    }
+}
+
+/// `VARIABLE detail`, or `VARIABLE (from SSM parameter "name") detail`.
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.variable)?;
+        if let Some(name) = &self.parameter {
+            write!(f, " (from SSM parameter {name:?})")?;
+        }
+        write!(f, " {}", self.detail)
+    }
+}
+
 /// Every configuration problem found, in the order the variables are documented.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<String>);
+pub struct ConfigErrors(pub Vec<Problem>);
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -163,34 +224,34 @@ impl Config {
 
         let dify_api_base = match get("DIFY_API_BASE") {
             None => {
-                problems.push(
-                    "DIFY_API_BASE is not set: give the Dify service API URL, e.g. https://api.dify.ai/v1"
-                        .to_string(),
-                );
+                problems.push(Problem::not_set(
+                    "DIFY_API_BASE",
+                    "give the Dify service API URL, e.g. https://api.dify.ai/v1",
+                ));
                 None
             }
             Some(raw) => parse_base_url(raw.trim())
-                .map_err(|p| problems.push(p))
+                .map_err(|detail| problems.push(Problem::new("DIFY_API_BASE", detail)))
                 .ok(),
         };
 
         let models = match get("MODEL_CONFIG") {
             None => {
-                problems.push(
-                    r#"MODEL_CONFIG is not set: give a JSON object of model name to Dify app key, e.g. {"my-model":"app-..."}"#
-                        .to_string(),
-                );
+                problems.push(Problem::not_set(
+                    "MODEL_CONFIG",
+                    r#"give a JSON object of model name to Dify app key, e.g. {"my-model":"app-..."}"#,
+                ));
                 BTreeMap::new()
             }
-            Some(raw) => parse_models(&raw, &mut problems),
+            Some(raw) => models::parse(&raw, &mut problems),
         };
 
         let allow_unauthenticated = match get("ALLOW_UNAUTHENTICATED") {
             None => false,
             Some(raw) => parse_bool(&raw).unwrap_or_else(|| {
-                problems.push(format!(
-                    "ALLOW_UNAUTHENTICATED is {:?}: use true or false",
-                    raw.trim()
+                problems.push(Problem::new(
+                    "ALLOW_UNAUTHENTICATED",
+                    format!("is {:?}: use true or false", raw.trim()),
                 ));
                 false
             }),
@@ -202,16 +263,16 @@ impl Config {
             }
             None if allow_unauthenticated => Auth::Disabled,
             None => {
-                problems.push(
-                    "PROXY_API_KEYS is not set: give the comma-separated keys clients must send as `Authorization: Bearer <key>`, or set ALLOW_UNAUTHENTICATED=true to serve without keys"
-                        .to_string(),
-                );
+                problems.push(Problem::not_set(
+                    "PROXY_API_KEYS",
+                    "give the comma-separated keys clients must send as `Authorization: Bearer <key>`, or set ALLOW_UNAUTHENTICATED=true to serve without keys",
+                ));
                 Auth::Disabled
             }
         };
 
         let mut number =
-            |name: &str, default: u64, range: std::ops::RangeInclusive<u64>, unit: &str| {
+            |name: &'static str, default: u64, range: std::ops::RangeInclusive<u64>, unit: &str| {
                 whole_number(get(name), name, default, range, unit, &mut problems)
             };
         let dify_timeout = Duration::from_secs(number(
@@ -264,9 +325,9 @@ impl Config {
         let server_port = match get("SERVER_PORT") {
             None => 5000,
             Some(raw) => raw.trim().parse::<u16>().unwrap_or_else(|_| {
-                problems.push(format!(
-                    "SERVER_PORT is {:?}: use a port number from 0 to 65535",
-                    raw.trim()
+                problems.push(Problem::new(
+                    "SERVER_PORT",
+                    format!("is {:?}: use a port number from 0 to 65535", raw.trim()),
                 ));
                 5000
             }),
@@ -276,29 +337,30 @@ impl Config {
         if let Some(table) = &conversation_table
             && !valid_table_name(table)
         {
-            problems.push(format!(
-                "CONVERSATION_TABLE is {table:?}: a DynamoDB table name has 3-255 characters from a-z, A-Z, 0-9, '_', '-', '.'"
+            problems.push(Problem::new(
+                "CONVERSATION_TABLE",
+                format!(
+                    "is {table:?}: a DynamoDB table name has 3-255 characters from a-z, A-Z, 0-9, '_', '-', '.'"
+                ),
             ));
         }
         let chat_id_header = match get("CHAT_ID_HEADER") {
-            None => axum::http::HeaderName::from_static(DEFAULT_CHAT_ID_HEADER),
-            Some(raw) => {
-                axum::http::HeaderName::from_bytes(raw.trim().to_ascii_lowercase().as_bytes())
-                    .unwrap_or_else(|_| {
-                        problems.push(format!(
-                            "CHAT_ID_HEADER is {:?}, which is not a valid HTTP header name",
-                            raw.trim()
-                        ));
-                        axum::http::HeaderName::from_static(DEFAULT_CHAT_ID_HEADER)
-                    })
-            }
+            None => HeaderName::from_static(DEFAULT_CHAT_ID_HEADER),
+            Some(raw) => HeaderName::from_bytes(raw.trim().to_ascii_lowercase().as_bytes())
+                .unwrap_or_else(|_| {
+                    problems.push(Problem::new(
+                        "CHAT_ID_HEADER",
+                        format!("is {:?}, which is not a valid HTTP header name", raw.trim()),
+                    ));
+                    HeaderName::from_static(DEFAULT_CHAT_ID_HEADER)
+                }),
         };
         let history_matching = match get("CONVERSATION_HISTORY_MATCHING") {
             None => true,
             Some(raw) => parse_bool(&raw).unwrap_or_else(|| {
-                problems.push(format!(
-                    "CONVERSATION_HISTORY_MATCHING is {:?}: use true or false",
-                    raw.trim()
+                problems.push(Problem::new(
+                    "CONVERSATION_HISTORY_MATCHING",
+                    format!("is {:?}: use true or false", raw.trim()),
                 ));
                 true
             }),
@@ -319,10 +381,13 @@ impl Config {
                         matches!(u.scheme(), "http" | "https")
                             && u.host_str().is_some()
                             && u.path() == "/"
-                    }) && axum::http::HeaderValue::from_str(origin).is_ok();
+                    }) && HeaderValue::from_str(origin).is_ok();
                     if !ok {
-                        problems.push(format!(
-                            "CORS_ALLOW_ORIGINS entry {origin:?} is not an origin like https://chat.example.com (or use * or none)"
+                        problems.push(Problem::new(
+                            "CORS_ALLOW_ORIGINS",
+                            format!(
+                                "entry {origin:?} is not an origin like https://chat.example.com (or use * or none)"
+                            ),
                         ));
                     }
                 }
@@ -369,22 +434,19 @@ impl Config {
     }
 }
 
+/// The URL, or what is wrong with it (worded to follow `DIFY_API_BASE`).
 fn parse_base_url(raw: &str) -> Result<Url, String> {
     let mut url = Url::parse(raw).map_err(|e| {
-        format!("DIFY_API_BASE is {raw:?}, which is not a URL ({e}); expected e.g. https://api.dify.ai/v1")
+        format!("is {raw:?}, which is not a URL ({e}); expected e.g. https://api.dify.ai/v1")
     })?;
     if url.scheme() != "http" && url.scheme() != "https" {
-        return Err(format!(
-            "DIFY_API_BASE is {raw:?}: the scheme must be http or https"
-        ));
+        return Err(format!("is {raw:?}: the scheme must be http or https"));
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("DIFY_API_BASE is {raw:?}: it has no host"));
+        return Err(format!("is {raw:?}: it has no host"));
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!(
-            "DIFY_API_BASE is {raw:?}: remove the query string or fragment"
-        ));
+        return Err(format!("is {raw:?}: remove the query string or fragment"));
     }
     if !url.path().ends_with('/') {
         let path = format!("{}/", url.path());
@@ -393,95 +455,13 @@ fn parse_base_url(raw: &str) -> Result<Url, String> {
     Ok(url)
 }
 
-fn parse_models(raw: &str, problems: &mut Vec<String>) -> BTreeMap<String, ModelConfig> {
-    let mut models = BTreeMap::new();
-    let value: serde_json::Value = match serde_json::from_str(raw) {
-        Ok(v) => v,
-        Err(e) => {
-            problems.push(format!(
-                "MODEL_CONFIG is not valid JSON: {} at line {}, column {}",
-                json_error_text(&e),
-                e.line(),
-                e.column()
-            ));
-            return models;
-        }
-    };
-    let Some(object) = value.as_object() else {
-        problems.push(format!(
-            "MODEL_CONFIG must be a JSON object of model name to Dify app key, but it is {}",
-            json_kind(&value)
-        ));
-        return models;
-    };
-    if object.is_empty() {
-        problems.push(
-            "MODEL_CONFIG has no models: add at least one \"name\": \"app-...\" entry".to_string(),
-        );
-    }
-    for (name, entry) in object {
-        if name.trim().is_empty() {
-            problems.push("MODEL_CONFIG has a model with an empty name".to_string());
-            continue;
-        }
-        let key = match entry {
-            serde_json::Value::String(key) => Some(key.clone()),
-            serde_json::Value::Object(fields) => {
-                for field in fields.keys().filter(|k| k.as_str() != "key") {
-                    problems.push(format!(
-                        "MODEL_CONFIG model {name:?} has an unknown field {field:?} (known: key)"
-                    ));
-                }
-                match fields.get("key") {
-                    Some(serde_json::Value::String(key)) => Some(key.clone()),
-                    Some(other) => {
-                        problems.push(format!(
-                            "MODEL_CONFIG model {name:?}: \"key\" must be a string, but it is {}",
-                            json_kind(other)
-                        ));
-                        None
-                    }
-                    None => {
-                        problems.push(format!(
-                            "MODEL_CONFIG model {name:?} has no \"key\" (the Dify app key)"
-                        ));
-                        None
-                    }
-                }
-            }
-            other => {
-                problems.push(format!(
-                    "MODEL_CONFIG model {name:?}: the app key must be a string, but it is {}",
-                    json_kind(other)
-                ));
-                None
-            }
-        };
-        let Some(key) = key else { continue };
-        let key = key.trim().to_string();
-        if key.is_empty() {
-            problems.push(format!("MODEL_CONFIG model {name:?} has an empty app key"));
-            continue;
-        }
-        let secret = Secret::new(key);
-        if !looks_like_app_key(secret.expose()) {
-            problems.push(format!(
-                "MODEL_CONFIG model {name:?}: the key {} does not look like a Dify app key (app-...); copy it from the app's API Access page",
-                secret.masked()
-            ));
-            continue;
-        }
-        models.insert(name.clone(), ModelConfig { app_key: secret });
-    }
-    models
-}
-
 /// `key` or `key:model1|model2`, comma-separated.
 fn parse_proxy_keys(
     raw: &str,
     models: &BTreeMap<String, ModelConfig>,
-    problems: &mut Vec<String>,
+    problems: &mut Vec<Problem>,
 ) -> Vec<ProxyKey> {
+    const VAR: &str = "PROXY_API_KEYS";
     let mut keys = Vec::new();
     for (i, entry) in raw
         .split(',')
@@ -495,49 +475,64 @@ fn parse_proxy_keys(
         };
         let key = Secret::new(key);
         if key.expose().is_empty() {
-            problems.push(format!(
-                "PROXY_API_KEYS entry {} has a model list but no key",
-                i + 1
+            problems.push(Problem::new(
+                VAR,
+                format!("entry {} has a model list but no key", i + 1),
             ));
             continue;
         }
         if key.expose().chars().any(char::is_whitespace) {
-            problems.push(format!(
-                "PROXY_API_KEYS entry {} ({}) contains whitespace, which no client can send in a Bearer token",
-                i + 1,
-                key.masked()
-            ));
-        }
-        let models = allowed.map(|list| {
-            let names: BTreeSet<String> = list
-                .split('|')
-                .map(str::trim)
-                .filter(|m| !m.is_empty())
-                .map(str::to_string)
-                .collect();
-            if names.is_empty() {
-                problems.push(format!(
-                    "PROXY_API_KEYS entry {} ({}) has an empty model list after ':'",
+            problems.push(Problem::new(
+                VAR,
+                format!(
+                    "entry {} ({}) contains whitespace, which no client can send in a Bearer token",
                     i + 1,
                     key.masked()
-                ));
-            }
-            for name in names.iter().filter(|n| !models.contains_key(n.as_str())) {
-                // Only checked when MODEL_CONFIG itself parsed, to avoid a second report.
-                if !models.is_empty() {
-                    problems.push(format!(
-                        "PROXY_API_KEYS entry {} ({}) allows model {name:?}, which MODEL_CONFIG does not define",
-                        i + 1,
-                        key.masked()
+                ),
+            ));
+        }
+        let models = match allowed {
+            None => ModelAccess::all(),
+            Some(list) => {
+                let names: BTreeSet<String> = list
+                    .split('|')
+                    .map(str::trim)
+                    .filter(|m| !m.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                if names.is_empty() {
+                    problems.push(Problem::new(
+                        VAR,
+                        format!(
+                            "entry {} ({}) has an empty model list after ':'",
+                            i + 1,
+                            key.masked()
+                        ),
                     ));
                 }
+                for name in names.iter().filter(|n| !models.contains_key(n.as_str())) {
+                    // Only checked when MODEL_CONFIG itself parsed, to avoid a second report.
+                    if !models.is_empty() {
+                        problems.push(Problem::new(
+                            VAR,
+                            format!(
+                                "entry {} ({}) allows model {name:?}, which MODEL_CONFIG does not define",
+                                i + 1,
+                                key.masked()
+                            ),
+                        ));
+                    }
+                }
+                ModelAccess::only(names)
             }
-            names
-        });
+        };
         keys.push(ProxyKey { key, models });
     }
     if keys.is_empty() {
-        problems.push("PROXY_API_KEYS is set but holds no key (it is split at commas)".to_string());
+        problems.push(Problem::new(
+            VAR,
+            "is set but holds no key (it is split at commas)",
+        ));
     }
     keys
 }
@@ -545,21 +540,24 @@ fn parse_proxy_keys(
 /// A whole number within `range`, or the default (and a problem) when it is not.
 fn whole_number(
     raw: Option<String>,
-    name: &str,
+    name: &'static str,
     default: u64,
     range: std::ops::RangeInclusive<u64>,
     unit: &str,
-    problems: &mut Vec<String>,
+    problems: &mut Vec<Problem>,
 ) -> u64 {
     let Some(raw) = raw else { return default };
     match raw.trim().parse::<u64>() {
         Ok(n) if range.contains(&n) => n,
         _ => {
-            problems.push(format!(
-                "{name} is {:?}: use a whole number of {unit} from {} to {}",
-                raw.trim(),
-                range.start(),
-                range.end()
+            problems.push(Problem::new(
+                name,
+                format!(
+                    "is {:?}: use a whole number of {unit} from {} to {}",
+                    raw.trim(),
+                    range.start(),
+                    range.end()
+                ),
             ));
             default
         }
@@ -571,30 +569,6 @@ fn valid_table_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-}
-
-fn looks_like_app_key(key: &str) -> bool {
-    key.len() > "app-".len() && key.starts_with("app-") && key.chars().all(|c| c.is_ascii_graphic())
-}
-
-/// serde_json's message without its trailing " at line L column C" (we print both ourselves).
-fn json_error_text(e: &serde_json::Error) -> String {
-    let text = e.to_string();
-    match text.rfind(" at line ") {
-        Some(i) => text[..i].to_string(),
-        None => text,
-    }
-}
-
-fn json_kind(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
-    }
 }
 
 fn parse_bool(raw: &str) -> Option<bool> {
@@ -638,7 +612,7 @@ mod tests {
         assert_eq!(c.models.keys().collect::<Vec<_>>(), ["claude", "gpt"]);
         assert_eq!(c.models["gpt"].app_key.expose(), "app-zzzzzzzzzzzzzzzz1111");
         assert!(
-            matches!(&c.auth, Auth::Keys(k) if k.len() == 2 && k[1].key.expose() == "sk-two" && k[1].allows("gpt"))
+            matches!(&c.auth, Auth::Keys(k) if k.len() == 2 && k[1].key.expose() == "sk-two" && k[1].models.allows("gpt"))
         );
         assert_eq!(c.dify_timeout, Duration::from_secs(30));
         assert_eq!((c.server_host.as_str(), c.server_port), ("127.0.0.1", 5000));
@@ -672,7 +646,7 @@ mod tests {
             "model \"a\": the app key must be a string, but it is a number",
             "model \"b\" has an empty app key",
             "model \"c\": the key sk-… does not look like a Dify app key",
-            "model \"d\" has an unknown field \"x\"",
+            "model \"d\" at `x`: unknown field `x`, expected `key`",
             "PROXY_API_KEYS is not set",
             "DIFY_TIMEOUT_SECONDS is \"soon\"",
             "SERVER_PORT is \"70000\"",
@@ -794,10 +768,10 @@ mod tests {
         vars[2].1 = "sk-all, sk-claude:claude, sk-both: claude | gpt ";
         let c = config(&vars).unwrap();
         let Auth::Keys(keys) = &c.auth else { panic!() };
-        assert!(keys[0].allows("claude") && keys[0].allows("gpt"));
-        assert!(keys[1].allows("claude") && !keys[1].allows("gpt"));
+        assert!(keys[0].models.allows("claude") && keys[0].models.allows("gpt"));
+        assert!(keys[1].models.allows("claude") && !keys[1].models.allows("gpt"));
         assert_eq!(keys[1].key.expose(), "sk-claude");
-        assert!(keys[2].allows("claude") && keys[2].allows("gpt"));
+        assert!(keys[2].models.allows("claude") && keys[2].models.allows("gpt"));
 
         vars[2].1 = "sk-x:nope, :claude, sk-y:";
         let text = config(&vars).unwrap_err().to_string();
