@@ -10,7 +10,9 @@ use tokio::time::Instant;
 use super::{BoxFuture, ConversationStore, PutOutcome, StoreError};
 
 /// Below this many entries no sweep runs; above it, one runs each time the map doubles,
-/// so expired entries cost amortised O(1) per write and memory stays bounded.
+/// so expired entries cost amortised O(1) per write. Only expired entries are swept: live
+/// mappings grow with the chats seen within one TTL (fine for a local run; Lambda uses
+/// DynamoDB).
 const MIN_SWEEP: usize = 1024;
 
 /// TTLs are clamped to this (a century) so `Instant` arithmetic cannot overflow.

@@ -1,4 +1,4 @@
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::json;
@@ -160,6 +160,32 @@ async fn tokens_are_forwarded_as_they_arrive() {
         first_to_done >= pace * 4,
         "first token arrived only {first_to_done:?} before the end"
     );
+}
+
+/// Pooled clients (the SDKs, Open WebUI) reuse one connection. With Nagle on the accepted
+/// socket, every small SSE write after the first waits for the client's delayed ACK (40 ms
+/// at least, on Linux), so each answer on a reused connection took ~40 ms longer
+/// (tests/benches/RESULTS.md, finding A). The harness serves with `serve_local`, as `main`
+/// does, so this guards the fix.
+#[tokio::test]
+async fn answers_on_a_reused_connection_do_not_stall() {
+    let app = spawn_app().await;
+    app.dify
+        .set(APP_KEY, Scenario::answer("one two three four five six"));
+    // Opens the connection; Linux ACKs at once while a connection is new.
+    assert!(app.stream(streaming("warm up")).await.done());
+    let mut times = Vec::new();
+    for _ in 0..7 {
+        let started = Instant::now();
+        let r = app.stream(streaming("Count to six")).await;
+        assert!(r.done());
+        times.push(started.elapsed());
+    }
+    times.sort();
+    // A stall puts every request past 40 ms; a median under 30 ms leaves a busy machine
+    // room for scheduling delays.
+    let median = times[times.len() / 2];
+    assert!(median < Duration::from_millis(30), "{times:?}");
 }
 
 #[tokio::test]
