@@ -534,4 +534,12 @@ async fn hang_never_answers() {
             .len(),
         1
     );
+    // The client's timeout closed the connection, and the fake noticed.
+    let ends = fake.wait_for_hang_ends(1, Duration::from_secs(5)).await;
+    assert_eq!(ends.len(), 1, "{ends:?}");
+    assert_eq!(
+        (ends[0].key.as_str(), ends[0].reason),
+        (KEY, EndReason::ClientGone)
+    );
+    assert!(ends[0].held >= Duration::from_millis(250), "{ends:?}");
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::helpers::*;
-use crate::support::{AnswerSpec, Scenario};
+use crate::support::{AnswerSpec, EndReason, Scenario};
 
 #[tokio::test]
 async fn keys_can_be_limited_to_models_with_a_distinct_403() {
@@ -301,30 +301,78 @@ async fn client_leaving_during_a_slow_dify_step_stops_the_task_at_once() {
     );
 }
 
+/// A client that gives up before the proxy has sent it a byte: its request must not keep
+/// anything running upstream, and the server keeps answering.
 #[tokio::test]
-async fn client_leaving_before_the_first_byte_leaves_the_server_healthy() {
-    let app = spawn_app().await;
-    app.dify.set(APP_KEY, Scenario::Hang);
-    let quick = reqwest::Client::builder()
-        .timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
-    for stream in [true, false] {
-        let mut body = user_message("hi");
-        body["stream"] = json!(stream);
-        let r = quick
+async fn client_leaving_before_the_first_byte_releases_dify_and_leaves_the_server_healthy() {
+    // The proxy's own limits are far away: only the client leaving can end anything
+    // within the waits below.
+    let app = spawn_app_with(&[
+        ("DIFY_TIMEOUT_SECONDS", "120"),
+        ("STREAM_IDLE_TIMEOUT_SECONDS", "120"),
+    ])
+    .await;
+    let wait = Duration::from_secs(5);
+    let post = |body: &Value| {
+        app.client
             .post(format!("{}/v1/chat/completions", app.url))
             .bearer_auth(PROXY_KEY)
-            .json(&body)
+            .json(body)
+    };
+
+    // 1. Dify never sends its response head. The client times out; the proxy drops its
+    // request to Dify with it (the fake sees the connection close), instead of holding
+    // it until DIFY_TIMEOUT_SECONDS.
+    app.dify.set(APP_KEY, Scenario::Hang);
+    for (n, stream) in [true, false].into_iter().enumerate() {
+        let mut body = user_message("hi");
+        body["stream"] = json!(stream);
+        let err = post(&body)
+            .timeout(Duration::from_millis(300))
             .send()
-            .await;
-        assert!(r.is_err(), "the client gave up first");
+            .await
+            .expect_err("nothing can answer while Dify hangs");
+        assert!(err.is_timeout(), "stream {stream}: {err:?}");
+        let ends = app.dify.wait_for_hang_ends(n + 1, wait).await;
+        assert_eq!(
+            ends.iter().map(|e| e.reason).collect::<Vec<_>>(),
+            vec![EndReason::ClientGone; n + 1],
+            "stream {stream}: the proxy kept its Dify request open after the client left"
+        );
     }
+    assert_eq!(app.dify.requests().len(), 2);
+
+    // 2. Dify has started the task (its first frame names it), then thinks for a long
+    // time. A blocking client gets no byte until the answer is complete; when it gives up,
+    // the proxy stops the task.
+    app.dify.set(APP_KEY, stall_after_first_token());
+    let sent = post(&user_message("hi")).send();
+    let give_up = async {
+        // Counted from Dify's receipt, so a slow start cannot eat the proxy's time to
+        // read the first frame.
+        app.dify.wait_for_requests(3, wait).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    tokio::select! {
+        r = sent => panic!("answered while Dify was thinking: {r:?}"),
+        _ = give_up => {}
+    }
+    let stop = app
+        .dify
+        .wait_for_stop(wait)
+        .await
+        .expect("the abandoned task is stopped");
+    assert_eq!(
+        (stop.task_id.as_str(), stop.key.as_str(), stop.user.as_str()),
+        ("task-stall", APP_KEY, "opendify")
+    );
+
+    // 3. The server is still healthy.
     app.dify.set(APP_KEY, Scenario::answer("healthy"));
     let (status, _, body) = app.chat(user_message("hi")).await;
     assert_eq!(
         (status, body["choices"][0]["message"]["content"].as_str()),
         (200, Some("healthy"))
     );
-    assert!(app.dify.stops().is_empty(), "no task had started");
+    assert_eq!(app.dify.stops().len(), 1, "{:?}", app.dify.stops());
 }

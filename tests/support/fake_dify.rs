@@ -110,7 +110,8 @@ pub enum Scenario {
         body: String,
         content_type: &'static str,
     },
-    /// Never send the response head. Ends when the fake is dropped (or after [`HANG_CAP`]).
+    /// Never send the response head. Ends when the client closes the connection,
+    /// the fake is dropped, or [`HANG_CAP`] passes; see [`FakeDify::hang_ends`].
     Hang,
     /// A chat-app stream: one `message` frame with `token` every `delay` (the
     /// first at once) until `/stop` names `task_id` with the same key and user
@@ -341,6 +342,17 @@ pub enum EndReason {
     Shutdown,
 }
 
+/// How a `Hang` request ended (it never sent a response head).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HangEnd {
+    pub key: String,
+    /// `ClientGone` (the client closed the connection, so the server dropped the
+    /// request), `Shutdown` or `Cap`.
+    pub reason: EndReason,
+    /// How long the request was held open.
+    pub held: Duration,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamEnd {
     pub key: String,
@@ -443,6 +455,21 @@ impl FakeDify {
         self.wait_for(timeout, |d| d.stops.first().cloned()).await
     }
 
+    /// Every finished `Hang` request so far, oldest first.
+    pub fn hang_ends(&self) -> Vec<HangEnd> {
+        self.shared.lock().hang_ends.clone()
+    }
+
+    /// Waits up to `timeout` until at least `n` `Hang` requests have ended; returns all
+    /// of them (fewer than `n` on timeout).
+    pub async fn wait_for_hang_ends(&self, n: usize, timeout: Duration) -> Vec<HangEnd> {
+        self.wait_for(timeout, |d| {
+            (d.hang_ends.len() >= n).then(|| d.hang_ends.clone())
+        })
+        .await
+        .unwrap_or_else(|| self.hang_ends())
+    }
+
     /// The first finished stream, waiting up to `timeout` for one.
     pub async fn wait_for_stream_end(&self, timeout: Duration) -> Option<StreamEnd> {
         self.wait_for(timeout, |d| d.ends.first().cloned()).await
@@ -514,6 +541,7 @@ struct Data {
     requests: Vec<Recorded>,
     stops: Vec<StopCall>,
     ends: Vec<StreamEnd>,
+    hang_ends: Vec<HangEnd>,
     conversations: HashMap<(String, String), Vec<String>>,
     tasks: HashMap<String, Vec<TaskEntry>>,
     next_task_serial: u64,
@@ -794,11 +822,19 @@ async fn run_scenario(st: &Arc<Shared>, req: Request, scenario: Scenario) -> Res
             content_type,
         } => plain_response(status, content_type, body),
         Scenario::Hang => {
+            // Dropped with the handler when the client closes the connection.
+            let mut held = HangGuard {
+                shared: st.clone(),
+                key: req.key,
+                since: Instant::now(),
+                reason: EndReason::ClientGone,
+            };
             let mut rx = st.shutdown.clone();
-            tokio::select! {
-                _ = wait_shutdown(&mut rx) => {}
-                _ = tokio::time::sleep(HANG_CAP) => {}
-            }
+            held.reason = tokio::select! {
+                _ = wait_shutdown(&mut rx) => EndReason::Shutdown,
+                _ = tokio::time::sleep(HANG_CAP) => EndReason::Cap,
+            };
+            drop(held);
             error_response(504, "gateway_timeout", "fake_dify: Hang scenario gave up")
         }
         Scenario::Endless {
@@ -843,6 +879,26 @@ async fn run_scenario(st: &Arc<Shared>, req: Request, scenario: Scenario) -> Res
             "internal_server_error",
             "fake_dify: a Sequence must not be empty or nested",
         ),
+    }
+}
+
+/// Records how a `Hang` request ended when it is dropped: by the handler on shutdown or
+/// cap, or by the server with the handler when the client went away.
+struct HangGuard {
+    shared: Arc<Shared>,
+    key: String,
+    since: Instant,
+    reason: EndReason,
+}
+
+impl Drop for HangGuard {
+    fn drop(&mut self) {
+        let end = HangEnd {
+            key: std::mem::take(&mut self.key),
+            reason: self.reason,
+            held: self.since.elapsed(),
+        };
+        self.shared.lock().hang_ends.push(end);
     }
 }
 
