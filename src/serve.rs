@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::state::AppState;
+use crate::store::dynamo::StoreBudget;
 use crate::store::{ConversationStore, DynamoStore, MemoryStore};
 
 /// Builds the state for `config` and serves until stopped: through the Lambda Runtime API
@@ -42,7 +43,11 @@ pub async fn serve(config: Config, lambda: bool) -> Result<(), String> {
 pub async fn conversation_store(config: &Config) -> Arc<dyn ConversationStore> {
     match &config.conversation_table {
         Some(table) => {
-            Arc::new(DynamoStore::from_env(table.clone(), config.conversation_ttl).await)
+            let budget = StoreBudget {
+                lookup: config.store_lookup_timeout,
+                write: config.store_write_timeout,
+            };
+            Arc::new(DynamoStore::from_env(table.clone(), config.conversation_ttl, budget).await)
         }
         None => {
             tracing::info!(

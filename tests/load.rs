@@ -106,6 +106,11 @@ async fn concurrent_conversations_lose_nothing() {
         ("MODEL_CONFIG", format!(r#"{{"my-app":"{APP_KEY}"}}"#)),
         ("PROXY_API_KEYS", PROXY_KEY.to_string()),
         ("CONVERSATION_TABLE", table.clone()),
+        // Timeouts that fit this store: moto answers about 100 calls a second on the test
+        // machine (DynamoDB: thousands, in milliseconds), so 200 chats asking at once queue
+        // for seconds, longer than the defaults sized for DynamoDB allow.
+        ("STORE_LOOKUP_TIMEOUT_MS", "20000".to_string()),
+        ("STORE_WRITE_TIMEOUT_MS", "30000".to_string()),
     ];
     vars.extend(moto.env_vars());
     // One malloc arena: with glibc's default of one per thread, RSS moved by up to ±2 MiB
@@ -202,6 +207,13 @@ async fn concurrent_conversations_lose_nothing() {
         wrong.len(),
         rss_samples,
     );
+    // The server's warnings name the cause of any lost turn (a store timeout, say).
+    let log = running.log();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+    println!("server warnings: {}", warnings.len());
+    for w in warnings.iter().take(3) {
+        println!("  {w}");
+    }
     assert!(
         errors.is_empty(),
         "{} errors, e.g. {:?}",

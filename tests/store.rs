@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use futures_util::future::join_all;
+use opendify::store::dynamo::StoreBudget;
 use opendify::store::{ConversationStore, DynamoStore, MemoryStore, PutOutcome, StoreError};
 use support::moto::{Moto, number};
 
 const HOUR: Duration = Duration::from_secs(3600);
-/// What a broken store may cost one call: the store's 2.5 s operation budget plus slack
-/// for a loaded test machine.
-const DOWN_BUDGET: Duration = Duration::from_millis(3200);
+/// What a broken store may cost one call beyond its budget: slack for a loaded machine.
+const SLACK: Duration = Duration::from_millis(700);
 
 fn unix_now() -> i64 {
     opendify::unix_now()
@@ -304,8 +304,8 @@ async fn timed<T>(
 }
 
 /// Every operation against a broken store, concurrently; each must fail as Unavailable
-/// within the budget, without panicking.
-async fn assert_all_unavailable(store: &DynamoStore) {
+/// within its budget (lookups the short one, writes the long one), without panicking.
+async fn assert_all_unavailable(store: &DynamoStore, budget: StoreBudget) {
     let started = Instant::now();
     let (get, put_new, put, touch, delete) = tokio::join!(
         timed(store.get("k")),
@@ -327,7 +327,12 @@ async fn assert_all_unavailable(store: &DynamoStore) {
             matches!(result, Err(StoreError::Unavailable(_))),
             "{name}: expected Unavailable, got {result:?}"
         );
-        assert!(elapsed < DOWN_BUDGET, "{name} took {elapsed:?}");
+        let allowed = if name == "get" {
+            budget.lookup
+        } else {
+            budget.write
+        };
+        assert!(elapsed < allowed + SLACK, "{name} took {elapsed:?}");
     }
     eprintln!("all five calls done in {:?}", started.elapsed());
 }
@@ -342,7 +347,7 @@ async fn dynamo_store_down_fails_fast() {
         .await
         .expect("store works while moto runs");
     moto.stop().await;
-    assert_all_unavailable(&store).await;
+    assert_all_unavailable(&store, StoreBudget::default()).await;
     // And sequentially, as a request would see it.
     let t = Instant::now();
     assert!(matches!(
@@ -372,8 +377,20 @@ async fn dynamo_store_hanging_times_out() {
         .endpoint_url(format!("http://{addr}"));
     let client =
         aws_sdk_dynamodb::Client::from_conf(opendify::store::dynamo::with_budget(config).build());
-    let store = DynamoStore::new(client, "t".into(), HOUR);
-    assert_all_unavailable(&store).await;
+    // Short budgets keep the test quick; each call must still keep to its own.
+    let budget = StoreBudget {
+        lookup: Duration::from_millis(1200),
+        write: Duration::from_millis(2400),
+    };
+    let store = DynamoStore::new(client, "t".into(), HOUR).with_budget(budget);
+    let started = Instant::now();
+    assert_all_unavailable(&store, budget).await;
+    // The writes ran into their own (longer) budget, not the lookup's.
+    assert!(
+        started.elapsed() >= budget.write - SLACK,
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 /// Runs the ignored `from_env_child` test in a child process with exactly `vars` as its
@@ -434,7 +451,7 @@ async fn from_env_child() {
     let table = std::env::var("OPENDIFY_TEST_TABLE").expect("run by a parent test");
     let expect = std::env::var("OPENDIFY_TEST_EXPECT").expect("run by a parent test");
     let t = Instant::now();
-    let store = DynamoStore::from_env(table, HOUR).await;
+    let store = DynamoStore::from_env(table, HOUR, Default::default()).await;
     eprintln!("from_env loaded in {:?}", t.elapsed());
     let t = Instant::now();
     let result = store.put_new("from-env", "conv-env").await;

@@ -29,6 +29,9 @@ pub const DEFAULT_STREAM_IDLE_SECS: u64 = 120;
 /// Below Lambda's 15-minute cap, so the client gets a clean error instead of a cut stream.
 pub const DEFAULT_MAX_STREAM_SECS: u64 = 870;
 pub const DEFAULT_MAX_UPSTREAM_BYTES: u64 = 64 * 1024 * 1024;
+/// DynamoDB answers in milliseconds; these bound a store that is down or overloaded.
+pub const DEFAULT_STORE_LOOKUP_TIMEOUT_MS: u64 = 2500;
+pub const DEFAULT_STORE_WRITE_TIMEOUT_MS: u64 = 10_000;
 
 /// A secret string (Dify app key, proxy key). `Debug`/`Display` show only a masked tail,
 /// so a stray `{:?}` can never put a key in a log.
@@ -141,6 +144,10 @@ pub struct Config {
     /// DynamoDB table for chat → conversation mappings; None keeps them in process.
     pub conversation_table: Option<String>,
     pub conversation_ttl: Duration,
+    /// Longest store lookup (on the way to the first token) and store write (while the
+    /// answer streams), retries included.
+    pub store_lookup_timeout: Duration,
+    pub store_write_timeout: Duration,
     /// Header carrying the client's chat id (lower case).
     pub chat_id_header: HeaderName,
     /// Continue conversations of clients that send no chat id by matching the history.
@@ -319,6 +326,18 @@ impl Config {
                 "days",
             ) * 86_400,
         );
+        let store_lookup_timeout = Duration::from_millis(number(
+            "STORE_LOOKUP_TIMEOUT_MS",
+            DEFAULT_STORE_LOOKUP_TIMEOUT_MS,
+            100..=60_000,
+            "milliseconds",
+        ));
+        let store_write_timeout = Duration::from_millis(number(
+            "STORE_WRITE_TIMEOUT_MS",
+            DEFAULT_STORE_WRITE_TIMEOUT_MS,
+            100..=120_000,
+            "milliseconds",
+        ));
 
         let server_host =
             get("SERVER_HOST").map_or_else(|| "127.0.0.1".to_string(), |h| h.trim().to_string());
@@ -410,6 +429,8 @@ impl Config {
                 server_port,
                 conversation_table,
                 conversation_ttl,
+                store_lookup_timeout,
+                store_write_timeout,
                 chat_id_header,
                 history_matching,
                 cors,
@@ -735,6 +756,8 @@ mod tests {
         assert_eq!(c.conversation_ttl, Duration::from_secs(30 * 86_400));
         assert_eq!(c.chat_id_header.as_str(), "x-openwebui-chat-id");
         assert!(c.history_matching);
+        assert_eq!(c.store_lookup_timeout, Duration::from_millis(2500));
+        assert_eq!(c.store_write_timeout, Duration::from_secs(10));
 
         let mut vars = valid();
         vars.extend([
@@ -742,6 +765,8 @@ mod tests {
             ("CONVERSATION_TTL_DAYS", "7"),
             ("CHAT_ID_HEADER", "X-Chat-Id"),
             ("CONVERSATION_HISTORY_MATCHING", "false"),
+            ("STORE_LOOKUP_TIMEOUT_MS", "750"),
+            ("STORE_WRITE_TIMEOUT_MS", "30000"),
         ]);
         let c = config(&vars).unwrap();
         assert_eq!(
@@ -751,6 +776,8 @@ mod tests {
         assert_eq!(c.conversation_ttl, Duration::from_secs(7 * 86_400));
         assert_eq!(c.chat_id_header.as_str(), "x-chat-id");
         assert!(!c.history_matching);
+        assert_eq!(c.store_lookup_timeout, Duration::from_millis(750));
+        assert_eq!(c.store_write_timeout, Duration::from_secs(30));
 
         let mut vars = valid();
         vars.extend([
@@ -758,8 +785,10 @@ mod tests {
             ("CONVERSATION_TTL_DAYS", "0"),
             ("CHAT_ID_HEADER", "bad header"),
             ("CONVERSATION_HISTORY_MATCHING", "sometimes"),
+            ("STORE_LOOKUP_TIMEOUT_MS", "50"),
+            ("STORE_WRITE_TIMEOUT_MS", "2.5s"),
         ]);
-        assert_eq!(config(&vars).unwrap_err().0.len(), 4);
+        assert_eq!(config(&vars).unwrap_err().0.len(), 6);
     }
 
     #[test]

@@ -31,18 +31,65 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailur
 
 use super::{BoxFuture, ConversationStore, PutOutcome, StoreError};
 
-/// The budget below keeps a broken DynamoDB from costing a chat request more than about
-/// 2.5 s: two attempts of at most 1 s each, a short backoff between them, and an overall
-/// cap. A closed port fails each attempt at once, so that case costs milliseconds.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
-pub const OPERATION_TIMEOUT: Duration = Duration::from_millis(2500);
-pub const MAX_ATTEMPTS: u32 = 2;
+/// Attempts per call. Each attempt gets an equal share of the call's budget, and connects
+/// within it: a share of at least a second lets a SYN dropped by a full listen backlog be
+/// retransmitted (Linux waits 1 s) instead of failing the attempt.
+pub const LOOKUP_ATTEMPTS: u32 = 2;
+pub const WRITE_ATTEMPTS: u32 = 3;
 const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_millis(200);
-/// Our own cap around each call, in case something outside the SDK's operation timeout
-/// (such as credential resolution) hangs.
-const HARD_CAP: Duration = Duration::from_millis(3000);
+/// Our own cap around each call is its budget plus this, in case something outside the
+/// SDK's operation timeout (such as credential resolution) hangs.
+const HARD_CAP_SLACK: Duration = Duration::from_millis(500);
+
+/// How long one store call may take. A lookup holds up the answer's first token, so it is
+/// short, and a store that cannot answer in time means a new conversation (logged). A
+/// write runs while the answer streams and only delays the end of the response body, and
+/// a lost write loses the conversation for the next turn, so it gets more time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreBudget {
+    pub lookup: Duration,
+    pub write: Duration,
+}
+
+impl Default for StoreBudget {
+    fn default() -> Self {
+        Self {
+            lookup: Duration::from_millis(crate::config::DEFAULT_STORE_LOOKUP_TIMEOUT_MS),
+            write: Duration::from_millis(crate::config::DEFAULT_STORE_WRITE_TIMEOUT_MS),
+        }
+    }
+}
+
+/// Timeouts for calls of `budget` in `attempts` attempts.
+pub fn timeout_config(budget: Duration, attempts: u32) -> TimeoutConfig {
+    let attempt = budget / attempts.max(1);
+    TimeoutConfig::builder()
+        .connect_timeout(attempt)
+        .operation_attempt_timeout(attempt)
+        .operation_timeout(budget)
+        .build()
+}
+
+/// Retries with a short backoff (the SDK default is three attempts with up to 20 s of
+/// backoff).
+pub fn retry_config(attempts: u32) -> RetryConfig {
+    RetryConfig::standard()
+        .with_max_attempts(attempts)
+        .with_initial_backoff(INITIAL_BACKOFF)
+        .with_max_backoff(MAX_BACKOFF)
+}
+
+/// Applies the default lookup budget to a client configuration; writes override it per
+/// call (see [`DynamoStore`]).
+pub fn with_budget(
+    builder: aws_sdk_dynamodb::config::Builder,
+) -> aws_sdk_dynamodb::config::Builder {
+    let budget = StoreBudget::default();
+    builder
+        .timeout_config(timeout_config(budget.lookup, LOOKUP_ATTEMPTS))
+        .retry_config(retry_config(LOOKUP_ATTEMPTS))
+}
 
 /// TTLs are clamped to [1 s, a century]: zero would expire items as they are written.
 const MAX_TTL_SECS: u64 = 100 * 365 * 24 * 3600;
@@ -59,37 +106,11 @@ const UPDATED_AT: &str = "updated_at";
 const NOT_LIVE: &str = "attribute_not_exists(pk) OR attribute_not_exists(conversation_id) \
      OR attribute_not_exists(expires_at) OR expires_at <= :now";
 
-/// The store's timeouts, for any DynamoDB client it uses.
-pub fn timeout_config() -> TimeoutConfig {
-    TimeoutConfig::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-        .operation_timeout(OPERATION_TIMEOUT)
-        .build()
-}
-
-/// The store's retries: two attempts with a short backoff (the SDK default is three
-/// attempts with up to 20 s of backoff).
-pub fn retry_config() -> RetryConfig {
-    RetryConfig::standard()
-        .with_max_attempts(MAX_ATTEMPTS)
-        .with_initial_backoff(INITIAL_BACKOFF)
-        .with_max_backoff(MAX_BACKOFF)
-}
-
-/// Applies [`timeout_config`] and [`retry_config`] to a client configuration.
-pub fn with_budget(
-    builder: aws_sdk_dynamodb::config::Builder,
-) -> aws_sdk_dynamodb::config::Builder {
-    builder
-        .timeout_config(timeout_config())
-        .retry_config(retry_config())
-}
-
 pub struct DynamoStore {
     client: Client,
     table: String,
     ttl_secs: i64,
+    budget: StoreBudget,
 }
 
 impl DynamoStore {
@@ -101,18 +122,38 @@ impl DynamoStore {
             client,
             table,
             ttl_secs,
+            budget: StoreBudget::default(),
         }
+    }
+
+    /// Calls get `budget` instead of the defaults.
+    pub fn with_budget(mut self, budget: StoreBudget) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// Per-call settings for a lookup or a write, over the client's own.
+    fn call_config(&self, write: bool) -> (aws_sdk_dynamodb::config::Builder, Duration) {
+        let (budget, attempts) = if write {
+            (self.budget.write, WRITE_ATTEMPTS)
+        } else {
+            (self.budget.lookup, LOOKUP_ATTEMPTS)
+        };
+        let config = aws_sdk_dynamodb::config::Builder::new()
+            .timeout_config(timeout_config(budget, attempts))
+            .retry_config(retry_config(attempts));
+        (config, budget + HARD_CAP_SLACK)
     }
 
     /// Loads the AWS configuration once (call at cold start, not per request): region and
     /// credentials from the standard chain, endpoint from `AWS_ENDPOINT_URL_DYNAMODB` or
     /// `AWS_ENDPOINT_URL` when set, then the store's timeouts and retries.
-    pub async fn from_env(table: String, ttl: Duration) -> Self {
+    pub async fn from_env(table: String, ttl: Duration, budget: StoreBudget) -> Self {
         let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .load()
             .await;
         let config = with_budget(aws_sdk_dynamodb::config::Builder::from(&shared)).build();
-        Self::new(Client::from_conf(config), table, ttl)
+        Self::new(Client::from_conf(config), table, ttl).with_budget(budget)
     }
 
     pub fn table(&self) -> &str {
@@ -132,13 +173,17 @@ impl DynamoStore {
     }
 
     async fn get_item(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let (config, cap) = self.call_config(false);
         let out = bounded(
+            cap,
             self.client
                 .get_item()
                 .table_name(&self.table)
                 .key(PK, AttributeValue::S(key.to_string()))
                 // A turn that follows right after the first must see its mapping.
                 .consistent_read(true)
+                .customize()
+                .config_override(config)
                 .send(),
         )
         .await?
@@ -157,7 +202,9 @@ impl DynamoStore {
         // expired) between our failed condition and the read that looked for it.
         for _ in 0..2 {
             let now = crate::unix_now();
+            let (config, cap) = self.call_config(true);
             let result = bounded(
+                cap,
                 self.client
                     .put_item()
                     .table_name(&self.table)
@@ -168,6 +215,8 @@ impl DynamoStore {
                     .return_values_on_condition_check_failure(
                         ReturnValuesOnConditionCheckFailure::AllOld,
                     )
+                    .customize()
+                    .config_override(config)
                     .send(),
             )
             .await?;
@@ -197,11 +246,15 @@ impl DynamoStore {
     }
 
     async fn put_item(&self, key: &str, conversation_id: &str) -> Result<(), StoreError> {
+        let (config, cap) = self.call_config(true);
         bounded(
+            cap,
             self.client
                 .put_item()
                 .table_name(&self.table)
                 .set_item(Some(self.item(key, conversation_id, crate::unix_now())))
+                .customize()
+                .config_override(config)
                 .send(),
         )
         .await?
@@ -211,7 +264,9 @@ impl DynamoStore {
 
     async fn touch_item(&self, key: &str, conversation_id: &str) -> Result<(), StoreError> {
         let now = crate::unix_now();
+        let (config, cap) = self.call_config(true);
         let result = bounded(
+            cap,
             self.client
                 .update_item()
                 .table_name(&self.table)
@@ -223,6 +278,8 @@ impl DynamoStore {
                 .expression_attribute_values(":exp", number(now + self.ttl_secs))
                 .expression_attribute_values(":now", number(now))
                 .expression_attribute_values(":cid", AttributeValue::S(conversation_id.to_string()))
+                .customize()
+                .config_override(config)
                 .send(),
         )
         .await?;
@@ -236,13 +293,17 @@ impl DynamoStore {
     }
 
     async fn delete_item(&self, key: &str, conversation_id: &str) -> Result<(), StoreError> {
+        let (config, cap) = self.call_config(true);
         let result = bounded(
+            cap,
             self.client
                 .delete_item()
                 .table_name(&self.table)
                 .key(PK, AttributeValue::S(key.to_string()))
                 .condition_expression("conversation_id = :cid")
                 .expression_attribute_values(":cid", AttributeValue::S(conversation_id.to_string()))
+                .customize()
+                .config_override(config)
                 .send(),
         )
         .await?;
@@ -298,10 +359,10 @@ impl ConversationStore for DynamoStore {
     }
 }
 
-async fn bounded<T>(call: impl Future<Output = T>) -> Result<T, StoreError> {
-    tokio::time::timeout(HARD_CAP, call)
+async fn bounded<T>(cap: Duration, call: impl Future<Output = T>) -> Result<T, StoreError> {
+    tokio::time::timeout(cap, call)
         .await
-        .map_err(|_| StoreError::Unavailable(format!("no answer within {HARD_CAP:?}")))
+        .map_err(|_| StoreError::Unavailable(format!("no answer within {cap:?}")))
 }
 
 fn number(n: i64) -> AttributeValue {
