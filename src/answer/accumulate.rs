@@ -12,6 +12,9 @@ pub enum Content {
 
 #[derive(Debug, Default)]
 pub struct Accumulator {
+    /// Streamed answers went to the client piece by piece: holding their content too
+    /// would only cost memory.
+    skip_content: bool,
     content: Vec<Content>,
     usage: Option<Usage>,
     /// Output moderation replaced the answer (OpenAI's `content_filter`).
@@ -21,8 +24,17 @@ pub struct Accumulator {
 }
 
 impl Accumulator {
+    /// Keeps the content, for an answer delivered whole.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Keeps usage and how the answer ended, not its content: for streamed answers.
+    pub fn without_content() -> Self {
+        Self {
+            skip_content: true,
+            ..Self::default()
+        }
     }
 
     /// Adds one piece. Pieces after the end or a failure are ignored.
@@ -32,6 +44,8 @@ impl Accumulator {
         }
         match piece {
             Piece::KeepAlive => {}
+            Piece::Text(_) | Piece::File { .. } if self.skip_content => {}
+            Piece::Replace(_) if self.skip_content => self.replaced = true,
             Piece::Text(text) => match self.content.last_mut() {
                 Some(Content::Text(last)) => last.push_str(text),
                 _ => self.content.push(Content::Text(text.clone())),
@@ -53,6 +67,11 @@ impl Accumulator {
     /// The answer's content (after any replacement), in order.
     pub fn content(&self) -> &[Content] {
         &self.content
+    }
+
+    /// Moves the content out, so the answer is not held twice while it is encoded.
+    pub fn take_content(&mut self) -> Vec<Content> {
+        std::mem::take(&mut self.content)
     }
 
     /// Dify's token counts; zeros when it sent none (workflow runs).

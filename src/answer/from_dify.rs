@@ -1,6 +1,7 @@
 //! Dify's decoded stream → [`Piece`]s. Every app type's events (chat, agent, chatflow,
 //! completion, workflow) meet here, so both OpenAI encoders treat each event the same way.
 
+use sha2::{Digest, Sha256};
 use url::Url;
 
 use super::{FileKind, Flow, Piece, Usage};
@@ -17,9 +18,12 @@ pub struct DifyDecoder {
     file_base: Url,
     task_id: Option<String>,
     conversation_id: Option<String>,
-    /// Text that came as `agent_message`, to recognise an agent's closing repeat of it.
-    agent_text: Option<String>,
-    /// `message_end`, or a workflow that finished without failing.
+    /// Length and digest of the text that came as `agent_message`, to recognise an
+    /// agent's closing repeat of it without holding a second copy of the answer.
+    agent_text: Option<(usize, Sha256)>,
+    /// A `message` event carried text: a chat-family app, whose end is `message_end`.
+    saw_message: bool,
+    /// A chatflow's `workflow_finished` came before its `message_end` (older builds).
     complete: bool,
     workflow_failure: Option<String>,
     /// An `End` or `Failed` piece went out: nothing more may.
@@ -34,6 +38,7 @@ impl DifyDecoder {
             task_id: None,
             conversation_id: None,
             agent_text: None,
+            saw_message: false,
             complete: false,
             workflow_failure: None,
             over: false,
@@ -75,13 +80,16 @@ impl DifyDecoder {
         match frame.event {
             Event::Ping => out.push(Piece::KeepAlive),
             Event::AgentMessage { answer } if !answer.is_empty() => {
-                self.agent_text.get_or_insert_default().push_str(&answer);
+                let (len, digest) = self.agent_text.get_or_insert_default();
+                *len += answer.len();
+                digest.update(answer.as_bytes());
                 out.push(Piece::Text(answer));
             }
             Event::Message { answer } => {
                 // Some agent apps close with one `message` repeating the whole answer they
                 // already streamed as `agent_message`: drop it rather than say it twice.
-                if !answer.is_empty() && self.agent_text.as_deref() != Some(answer.as_str()) {
+                if !answer.is_empty() && !self.repeats_agent_text(&answer) {
+                    self.saw_message = true;
                     out.push(Piece::Text(answer));
                 }
             }
@@ -103,8 +111,9 @@ impl DifyDecoder {
                 _ => {}
             },
             Event::MessageReplace { answer } => out.push(Piece::Replace(answer)),
+            // The answer is complete: it ends now, whatever trails it (`tts_message_end`,
+            // a chatflow's `workflow_finished`) or however long Dify keeps the connection.
             Event::MessageEnd { usage } => {
-                self.complete = true;
                 if let Some(u) = usage {
                     out.push(Piece::Usage(Usage {
                         prompt_tokens: u.prompt_tokens,
@@ -112,12 +121,17 @@ impl DifyDecoder {
                         total_tokens: u.total_tokens,
                     }));
                 }
+                return self.end(out);
             }
-            // Chatflows also send `message_end`; for workflow runs this is the only end.
             Event::WorkflowFinished { status, error } => match status.as_deref() {
                 Some("failed") => {
                     self.workflow_failure =
                         Some(error.unwrap_or_else(|| "the workflow failed".to_string()));
+                }
+                // A workflow run's only end. A chatflow (it streamed `message`s) ends at its
+                // `message_end`, which older builds send after this event, with the usage.
+                Some("succeeded" | "partial-succeeded" | "stopped") if !self.saw_message => {
+                    return self.end(out);
                 }
                 Some("succeeded" | "partial-succeeded" | "stopped") => self.complete = true,
                 _ => {}
@@ -141,14 +155,14 @@ impl DifyDecoder {
         Flow::Continue
     }
 
-    /// Dify's stream is over: the answer ends, or, if Dify never completed it, fails.
+    /// Dify's stream is over: if the answer did not end yet, it fails (or, for a chatflow
+    /// that finished without `message_end`, ends).
     pub fn on_end(&mut self, out: &mut Vec<Piece>) {
         if self.over {
             return;
         }
         if self.complete {
-            self.over = true;
-            out.push(Piece::End);
+            self.end(out);
             return;
         }
         let error = match &self.workflow_failure {
@@ -162,6 +176,18 @@ impl DifyDecoder {
             }
         };
         self.fail(&error, out);
+    }
+
+    fn end(&mut self, out: &mut Vec<Piece>) -> Flow {
+        self.over = true;
+        out.push(Piece::End);
+        Flow::Stop
+    }
+
+    fn repeats_agent_text(&self, text: &str) -> bool {
+        self.agent_text.as_ref().is_some_and(|(len, digest)| {
+            *len == text.len() && digest.clone().finalize() == Sha256::digest(text.as_bytes())
+        })
     }
 
     /// The answer failed mid-way: one failure piece, then nothing more.

@@ -4,7 +4,7 @@
 use super::*;
 use crate::dify::sse::{DecodeError, EventDecoder, decode_all};
 use crate::dify::{DifyError, DifyEvent};
-use crate::openai::chat::{ChunkEncoder, ChunkMeta, completion};
+use crate::openai::chat::{ChunkEncoder, ChunkMeta, completion, content_text};
 use crate::openai::{ChatCompletion, ChatCompletionChunk, ErrorBody, FinishReason};
 use serde_json::Value;
 use url::Url;
@@ -47,7 +47,7 @@ fn pieces(events: Vec<Result<DifyEvent, DecodeError>>) -> Vec<Piece> {
 /// What a streaming client receives, as SSE text.
 fn stream_sse(events: Vec<Result<DifyEvent, DecodeError>>, include_usage: bool) -> String {
     let mut encoder = ChunkEncoder::new(meta(include_usage));
-    let mut answer = Accumulator::new();
+    let mut answer = Accumulator::without_content();
     let mut buf = Vec::new();
     StreamEncoder::start(&mut encoder, &mut buf);
     for piece in pieces(events) {
@@ -109,7 +109,11 @@ fn blocking(events: Vec<Result<DifyEvent, DecodeError>>) -> Result<ChatCompletio
     for piece in pieces(events) {
         answer.apply(&piece);
     }
-    completion(&meta(false), &answer).map_err(|f| Box::new(f.clone()))
+    if let Some(failure) = answer.failure() {
+        return Err(Box::new(failure.clone()));
+    }
+    let content = content_text(answer.take_content());
+    Ok(completion(&meta(false), &answer, content))
 }
 
 /// Checks the invariants every successful stream must hold and returns its text.

@@ -449,10 +449,19 @@ impl Config {
         format!(
             "models loaded: {}; Dify base: {}; auth: {}",
             names.join(", "),
-            self.dify_api_base,
+            without_credentials(&self.dify_api_base),
             auth
         )
     }
+}
+
+/// The URL without any `user:password@`: for logs, and for links shown to clients.
+pub fn without_credentials(url: &Url) -> Url {
+    let mut clean = url.clone();
+    // Only fails for URLs that cannot have credentials, which then have none.
+    let _ = clean.set_username("");
+    let _ = clean.set_password(None);
+    clean
 }
 
 /// The URL, or what is wrong with it (worded to follow `DIFY_API_BASE`).
@@ -842,6 +851,19 @@ mod tests {
                 && text.contains("https://x.com/path"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn credentials_in_the_dify_base_are_never_shown() {
+        let mut vars = valid();
+        vars[0].1 = "https://gateway-user:s3cret-pass@dify.example/v1";
+        let c = config(&vars).unwrap();
+        let shown = format!("{} {}", c.summary(), without_credentials(&c.dify_api_base));
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("gateway-user"),
+            "{shown}"
+        );
+        assert!(shown.contains("Dify base: https://dify.example/v1/"), "{shown}");
     }
 
     #[test]

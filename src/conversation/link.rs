@@ -109,6 +109,12 @@ impl ConversationLink {
         }));
     }
 
+    /// Whether [`ConversationLink::on_answer`] needs the answer's text (history matching
+    /// does); otherwise no copy of it need be kept.
+    pub fn wants_answer_text(&self) -> bool {
+        matches!(self.thread, Thread::History { .. })
+    }
+
     /// After a complete answer: for clients without chat id, map the conversation so far
     /// (history, this message, this answer as the client saw it) to the Dify conversation,
     /// so the next request that sends this history continues it.

@@ -59,6 +59,12 @@ impl DifyClient {
         &self.base
     }
 
+    /// What relative file URLs in answers resolve against: the base without credentials,
+    /// which must never reach a client.
+    pub fn file_base(&self) -> Url {
+        crate::config::without_credentials(&self.base)
+    }
+
     /// Starts `POST /chat-messages` in streaming mode. Returns once Dify has sent its
     /// response head (bounded by the configured timeout); the stream that follows is
     /// bounded by [`StreamLimits`].
@@ -88,7 +94,6 @@ impl DifyClient {
             body: Box::pin(response.bytes_stream()),
             decoder: EventDecoder::new(),
             done: false,
-            cut: false,
             limits: self.limits,
             deadline: tokio::time::Instant::now() + self.limits.total,
             read: 0,
@@ -175,8 +180,6 @@ pub struct EventStream {
     body: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
     decoder: EventDecoder,
     done: bool,
-    /// We ended the stream (a limit), not Dify: its task may still be running.
-    cut: bool,
     limits: StreamLimits,
     deadline: tokio::time::Instant,
     read: u64,
@@ -191,16 +194,10 @@ impl EventStream {
             return false;
         }
         let mut decoded = Vec::new();
-        let now = tokio::time::Instant::now();
-        let wait = self
-            .limits
-            .idle
-            .min(self.deadline.saturating_duration_since(now));
-        let next = match tokio::time::timeout(wait, self.body.next()).await {
+        let next = match tokio::time::timeout(self.step_limit(), self.body.next()).await {
             Ok(next) => next,
             Err(_) => {
                 self.done = true;
-                self.cut = true;
                 let why = if tokio::time::Instant::now() >= self.deadline {
                     format!(
                         "the answer took longer than the limit of {} s",
@@ -218,8 +215,7 @@ impl EventStream {
                 self.read += bytes.len() as u64;
                 if self.read > self.limits.max_bytes {
                     self.done = true;
-                    self.cut = true;
-                    out.push(Err(DifyError::Stream(format!(
+                        out.push(Err(DifyError::Stream(format!(
                         "the answer is larger than the limit of {} bytes",
                         self.limits.max_bytes
                     ))));
@@ -255,9 +251,12 @@ impl EventStream {
 }
 
 impl EventStream {
-    /// True when the proxy ended the stream because of a limit; Dify may still be
-    /// generating, so its task should be stopped.
-    pub fn was_cut(&self) -> bool {
-        self.cut
+    /// How long one step of the answer may take: the idle limit, or what is left of the
+    /// total. Bounds reading from Dify, and also writing to a client that stopped reading.
+    pub fn step_limit(&self) -> Duration {
+        let left = self
+            .deadline
+            .saturating_duration_since(tokio::time::Instant::now());
+        self.limits.idle.min(left)
     }
 }

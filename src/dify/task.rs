@@ -2,8 +2,9 @@
 
 use super::DifyClient;
 
-/// Stops the Dify task when dropped while still armed: a client that goes away before the
-/// answer is complete must not leave Dify generating (and billing) on its own.
+/// The answer's Dify task. An answer that ends early is stopped with [`RunningTask::stop`];
+/// dropped while still armed (a blocking request whose client went away, so axum dropped
+/// the handler), the stop is spawned: Dify must not go on generating (and billing).
 pub struct RunningTask {
     dify: DifyClient,
     app_key: String,
@@ -37,6 +38,18 @@ impl RunningTask {
     /// Dify finished the run itself: nothing to stop.
     pub fn disarm(&mut self) {
         self.armed = false;
+    }
+
+    /// Stops the task now (bounded by the client's stop timeout) and disarms. Awaited, so
+    /// that under Lambda the request has left before the invocation ends and the
+    /// environment freezes.
+    pub async fn stop(&mut self, why: &str) {
+        self.armed = false;
+        let Some(task_id) = self.task_id.take() else {
+            return;
+        };
+        tracing::info!(task_id, "stopping the Dify task: {why}");
+        self.dify.stop(&self.app_key, &task_id, &self.user).await;
     }
 }
 

@@ -5,7 +5,7 @@ use super::types::{
     ChatCompletion, ChatCompletionChunk, Choice, ChunkChoice, Delta, ErrorBody, FinishReason,
     ResponseMessage, Usage, UsageField,
 };
-use crate::answer::{Accumulator, Content, Failure, FileKind, Piece, StreamEncoder};
+use crate::answer::{Accumulator, Content, FileKind, Piece, StreamEncoder};
 
 /// Per-response settings shared by every chunk.
 #[derive(Debug, Clone)]
@@ -56,8 +56,9 @@ pub struct ChunkEncoder {
     emitted_text: bool,
     /// The finish chunk or an error went out: nothing more may.
     finished: bool,
-    /// Every content delta sent so far: the answer as the client will send it back.
-    visible: String,
+    /// Every content delta sent so far: the answer as the client will send it back. Kept
+    /// only when asked for (history matching needs it), to hold no copy otherwise.
+    visible: Option<String>,
 }
 
 impl ChunkEncoder {
@@ -66,8 +67,14 @@ impl ChunkEncoder {
             meta,
             emitted_text: false,
             finished: false,
-            visible: String::new(),
+            visible: None,
         }
+    }
+
+    /// Keeps the text the client received, for [`ChunkEncoder::visible_text`].
+    pub fn keep_visible_text(mut self, keep: bool) -> Self {
+        self.visible = keep.then(String::new);
+        self
     }
 
     /// The opening chunk: `role: assistant` with empty content, sent as soon as Dify
@@ -122,14 +129,16 @@ impl ChunkEncoder {
         }
     }
 
-    /// The concatenated content the client received.
+    /// The concatenated content the client received (empty unless kept).
     pub fn visible_text(&self) -> &str {
-        &self.visible
+        self.visible.as_deref().unwrap_or("")
     }
 
     fn content(&mut self, text: String) -> Output {
         self.emitted_text = true;
-        self.visible.push_str(&text);
+        if let Some(visible) = &mut self.visible {
+            visible.push_str(&text);
+        }
         Output::Chunk(self.chunk(
             Delta {
                 role: None,
@@ -174,20 +183,13 @@ impl StreamEncoder for ChunkEncoder {
     }
 
     fn visible_text(&self) -> &str {
-        &self.visible
+        ChunkEncoder::visible_text(self)
     }
 }
 
-/// The whole answer as one completion, or the failure that ended it. Call once the
-/// answer is over (the decoder always ends it with `End` or `Failed`).
-pub fn completion<'a>(
-    meta: &ChunkMeta,
-    answer: &'a Accumulator,
-) -> Result<ChatCompletion, &'a Failure> {
-    if let Some(failure) = answer.failure() {
-        return Err(failure);
-    }
-    Ok(ChatCompletion {
+/// A completed answer as one `chat.completion`; `content` is its text ([`content_text`]).
+pub fn completion(meta: &ChunkMeta, answer: &Accumulator, content: String) -> ChatCompletion {
+    ChatCompletion {
         id: meta.id.clone(),
         object: "chat.completion".to_string(),
         created: meta.created,
@@ -196,23 +198,29 @@ pub fn completion<'a>(
             index: 0,
             message: ResponseMessage {
                 role: "assistant".to_string(),
-                content: content_text(answer),
+                content,
                 refusal: None,
             },
             logprobs: None,
             finish_reason: finish_reason(answer),
         }],
         usage: usage(answer),
-    })
+    }
 }
 
-/// The answer's content as one string, files as Markdown links.
-pub fn content_text(answer: &Accumulator) -> String {
-    let mut text = String::new();
-    for part in answer.content() {
+/// The answer's content as one string, files as Markdown links. Takes the parts by value
+/// so that the common single-text answer moves instead of being copied.
+pub fn content_text(parts: Vec<Content>) -> String {
+    let mut parts = parts.into_iter();
+    let mut text = match parts.next() {
+        Some(Content::Text(t)) => t,
+        Some(Content::File { kind, url }) => file_markdown(kind, &url),
+        None => String::new(),
+    };
+    for part in parts {
         match part {
-            Content::Text(t) => text.push_str(t),
-            Content::File { kind, url } => text.push_str(&file_markdown(*kind, url)),
+            Content::Text(t) => text.push_str(&t),
+            Content::File { kind, url } => text.push_str(&file_markdown(kind, &url)),
         }
     }
     text

@@ -39,16 +39,15 @@ impl AnswerRun {
         }
     }
 
-    /// The answer is over and the client has all of it (or its error). `cut`: the proxy
-    /// ended the stream for a limit, so Dify may still run and the task stays armed.
-    /// Maps a complete answer for the next turn, then waits for the store writes.
-    pub async fn close(&mut self, cut: bool, answer: &Accumulator, visible: &str) {
-        if !cut {
-            self.task.disarm();
-        }
+    /// The answer is over and the client has all of it (or its error). A complete answer
+    /// needs no stop; any other end stops the Dify task, which may still be generating.
+    /// Maps a complete answer for the next turn; returns once the stop and the store
+    /// writes are done, so under Lambda they finish inside the invocation.
+    pub async fn close(&mut self, answer: &Accumulator, visible: &str) {
         let ms = self.started.elapsed().as_millis() as u64;
         match answer.failure() {
             None => {
+                self.task.disarm();
                 self.link.on_answer(
                     self.decoder.conversation_id(),
                     &self.turn.history,
@@ -63,6 +62,16 @@ impl AnswerRun {
                 tracing::warn!(model = %self.model, ms, code, cause = %failure.cause, "Dify failed mid-answer");
             }
         }
-        self.link.finish_writes().await;
+        self.finish(answer.ended(), "its answer ended early").await;
+    }
+
+    /// Stops the task unless the answer `completed`, and waits for the store writes.
+    pub async fn finish(&mut self, completed: bool, why: &str) {
+        if completed {
+            self.task.disarm();
+            self.link.finish_writes().await;
+        } else {
+            tokio::join!(self.task.stop(why), self.link.finish_writes());
+        }
     }
 }

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use super::answer::AnswerRun;
 use crate::answer::Accumulator;
 use crate::dify::EventStream;
-use crate::openai::chat::{ChunkMeta, completion};
+use crate::openai::chat::{ChunkMeta, completion, content_text};
 
 /// Reads the answer to its end and answers with one `chat.completion`, or the error that
 /// ended it. If the client disconnects, axum drops this future and the task stops.
@@ -28,14 +28,13 @@ pub async fn complete_answer(
             answer.apply(&piece);
         }
     }
-    let result = completion(&meta, &answer);
-    let visible = match &result {
-        Ok(c) => c.choices.first().map_or("", |c| c.message.content.as_str()),
-        Err(_) => "",
-    };
-    run.close(upstream.was_cut(), &answer, visible).await;
-    match result {
-        Ok(completion) => (StatusCode::OK, axum::Json(completion)).into_response(),
-        Err(failure) => failure.error.clone().into_response(),
+    if let Some(failure) = answer.failure() {
+        let error = failure.error.clone();
+        run.close(&answer, "").await;
+        return error.into_response();
     }
+    let content = content_text(answer.take_content());
+    run.close(&answer, &content).await;
+    let completion = completion(&meta, &answer, content);
+    (StatusCode::OK, axum::Json(completion)).into_response()
 }

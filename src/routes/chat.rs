@@ -103,8 +103,9 @@ pub async fn create(
                 .and_then(|o| o.include_usage)
                 .unwrap_or(false),
     };
+    let keep_text = link.wants_answer_text();
     let run = AnswerRun {
-        decoder: DifyDecoder::new(&request.model, state.dify().base().clone()),
+        decoder: DifyDecoder::new(&request.model, state.dify().file_base()),
         task: RunningTask::new(state.dify().clone(), app_key.to_string(), turn.user.clone()),
         link,
         turn,
@@ -112,7 +113,8 @@ pub async fn create(
         started,
     };
     Ok(if stream {
-        stream_answer(upstream, ChunkEncoder::new(meta), run)
+        let encoder = ChunkEncoder::new(meta).keep_visible_text(keep_text);
+        stream_answer(upstream, encoder, run)
     } else {
         complete_answer(upstream, meta, run).await
     })

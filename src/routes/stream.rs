@@ -40,7 +40,8 @@ pub fn stream_answer(
 }
 
 /// Moves the answer to the client as it arrives: every network read from Dify becomes at
-/// most one write to the client, with no timer of our own in between.
+/// most one write to the client, with no timer of our own in between. A client that stops
+/// reading gets the same limits as a silent Dify.
 async fn pump(
     mut upstream: EventStream,
     mut encoder: impl StreamEncoder,
@@ -49,27 +50,26 @@ async fn pump(
 ) {
     let mut buf = Vec::new();
     encoder.start(&mut buf);
-    let mut answer = Accumulator::new();
+    let mut answer = Accumulator::without_content();
     let mut items = Vec::new();
     let mut pieces = Vec::new();
-    loop {
-        if !buf.is_empty()
-            && tx
-                .send(Bytes::from(std::mem::take(&mut buf)))
-                .await
-                .is_err()
-        {
-            break;
+    let why = loop {
+        if !buf.is_empty() {
+            let send = tx.send(Bytes::from(std::mem::take(&mut buf)));
+            match tokio::time::timeout(upstream.step_limit(), send).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => break "the client went away before the answer was complete",
+                Err(_) => break "the client stopped reading the answer",
+            }
         }
         if answer.is_over() {
-            // The body closes once the store writes are done.
-            run.close(upstream.was_cut(), &answer, encoder.visible_text())
-                .await;
+            // The body ends once the stop (if any) and the store writes are done.
+            run.close(&answer, encoder.visible_text()).await;
             return;
         }
         let more = tokio::select! {
             biased;
-            _ = tx.closed() => break,
+            _ = tx.closed() => break "the client went away before the answer was complete",
             more = upstream.next_batch(&mut items) => more,
         };
         run.decode(&mut items, &mut pieces);
@@ -80,8 +80,9 @@ async fn pump(
             answer.apply(&piece);
             encoder.encode(&piece, &answer, &mut buf);
         }
-    }
-    // The client is gone. If no frame has named the task yet, read on briefly for it.
+    };
+    tracing::info!(model = %run.model, "{why}");
+    // If no frame has named the task yet, read on briefly for it.
     if run.task.task_id().is_none() {
         let task = &mut run.task;
         let _ = tokio::time::timeout(TASK_ID_GRACE, async {
@@ -96,6 +97,5 @@ async fn pump(
         })
         .await;
     }
-    run.link.finish_writes().await;
-    // Dropping `run.task` (still armed) stops the Dify task.
+    run.finish(false, why).await;
 }

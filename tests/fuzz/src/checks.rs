@@ -10,7 +10,7 @@ use opendify::conversation::{Thread, is_background_task, thread_for};
 use opendify::dify::sse::{DecodeError, EventDecoder, decode_all};
 use opendify::dify::{DifyError, DifyEvent};
 use opendify::error::{ApiError, ClientError};
-use opendify::openai::chat::{ChunkEncoder, ChunkMeta, Output, completion};
+use opendify::openai::chat::{ChunkEncoder, ChunkMeta, Output, completion, content_text};
 use opendify::openai::{ChatCompletionChunk, ChatCompletionRequest, FinishReason, UsageField};
 use opendify::plan::to_turn;
 use serde_json::Value;
@@ -322,8 +322,8 @@ fn pieces(events: &[Result<DifyEvent, DecodeError>]) -> Vec<Piece> {
 
 /// Encodes the pieces as the streaming route does, then pokes the encoder after the end.
 fn stream(pieces: &[Piece], include_usage: bool) -> Streamed {
-    let mut encoder = ChunkEncoder::new(meta(include_usage));
-    let mut answer = Accumulator::new();
+    let mut encoder = ChunkEncoder::new(meta(include_usage)).keep_visible_text(true);
+    let mut answer = Accumulator::without_content();
     let mut out = vec![encoder.start()];
     for piece in pieces {
         answer.apply(piece);
@@ -449,7 +449,14 @@ pub fn translate(data: &[u8]) {
     for piece in &pieces {
         answer.apply(piece);
     }
-    match completion(&meta(false), &answer) {
+    let result = match answer.failure() {
+        Some(failure) => Err(failure.clone()),
+        None => {
+            let content = content_text(answer.take_content());
+            Ok(completion(&meta(false), &answer, content))
+        }
+    };
+    match result {
         Ok(completion) => {
             assert!(
                 streamed.error.is_none(),
