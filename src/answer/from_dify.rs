@@ -146,7 +146,7 @@ impl DifyDecoder {
                     status,
                     message,
                 };
-                self.fail(&error, out);
+                self.fail_with(&error, true, out);
                 return Flow::Stop;
             }
             // Progress, thoughts, audio, empty chunks: nothing for the client.
@@ -165,17 +165,22 @@ impl DifyDecoder {
             self.end(out);
             return;
         }
-        let error = match &self.workflow_failure {
-            Some(error) => DifyError::Event {
-                code: "workflow_failed".to_string(),
-                status: None,
-                message: error.clone(),
-            },
-            None => {
-                DifyError::Stream("Dify's stream ended before the answer was complete".to_string())
+        match &self.workflow_failure {
+            Some(error) => {
+                let error = DifyError::Event {
+                    code: "workflow_failed".to_string(),
+                    status: None,
+                    message: error.clone(),
+                };
+                self.fail_with(&error, true, out);
             }
-        };
-        self.fail(&error, out);
+            None => {
+                let error = DifyError::Stream(
+                    "Dify's stream ended before the answer was complete".to_string(),
+                );
+                self.fail(&error, out);
+            }
+        }
     }
 
     fn end(&mut self, out: &mut Vec<Piece>) -> Flow {
@@ -190,8 +195,13 @@ impl DifyDecoder {
         })
     }
 
-    /// The answer failed mid-way: one failure piece, then nothing more.
+    /// The stream broke mid-answer (transport, an unreadable frame, a limit): one failure
+    /// piece, then nothing more.
     pub fn fail(&mut self, error: &DifyError, out: &mut Vec<Piece>) {
+        self.fail_with(error, false, out);
+    }
+
+    fn fail_with(&mut self, error: &DifyError, dify_ended: bool, out: &mut Vec<Piece>) {
         if self.over {
             return;
         }
@@ -200,6 +210,7 @@ impl DifyDecoder {
             // The run had started: a retry would replay it.
             error: from_dify(&self.model, error, true),
             cause: error.summary(),
+            dify_ended,
         }));
     }
 }

@@ -51,6 +51,9 @@ pub struct Usage {
 pub struct Failure {
     pub error: ClientError,
     pub cause: String,
+    /// Dify reported the failure itself (an `error` event, a failed workflow): its task is
+    /// over, nothing to stop. Otherwise (a broken or cut stream) it may still be running.
+    pub dify_ended: bool,
 }
 
 /// Whether to keep reading the upstream stream.
@@ -66,7 +69,7 @@ pub trait StreamEncoder: Send + 'static {
     /// What the client gets as soon as Dify accepted the request.
     fn start(&mut self, buf: &mut Vec<u8>);
     /// Appends the wire bytes for one piece; `answer` already includes it.
-    fn encode(&mut self, piece: &Piece, answer: &Accumulator, buf: &mut Vec<u8>);
+    fn encode(&mut self, piece: Piece, answer: &Accumulator, buf: &mut Vec<u8>);
     /// The answer text as the client received it (what it will send back as history).
     fn visible_text(&self) -> &str;
 }

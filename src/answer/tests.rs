@@ -52,7 +52,7 @@ fn stream_sse(events: Vec<Result<DifyEvent, DecodeError>>, include_usage: bool) 
     StreamEncoder::start(&mut encoder, &mut buf);
     for piece in pieces(events) {
         answer.apply(&piece);
-        encoder.encode(&piece, &answer, &mut buf);
+        encoder.encode(piece, &answer, &mut buf);
     }
     String::from_utf8(buf).unwrap()
 }

@@ -863,7 +863,10 @@ mod tests {
             !shown.contains("s3cret") && !shown.contains("gateway-user"),
             "{shown}"
         );
-        assert!(shown.contains("Dify base: https://dify.example/v1/"), "{shown}");
+        assert!(
+            shown.contains("Dify base: https://dify.example/v1/"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -215,7 +215,7 @@ impl EventStream {
                 self.read += bytes.len() as u64;
                 if self.read > self.limits.max_bytes {
                     self.done = true;
-                        out.push(Err(DifyError::Stream(format!(
+                    out.push(Err(DifyError::Stream(format!(
                         "the answer is larger than the limit of {} bytes",
                         self.limits.max_bytes
                     ))));

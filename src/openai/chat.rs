@@ -89,22 +89,23 @@ impl ChunkEncoder {
         ))
     }
 
-    /// The outputs for one piece; `answer` already includes it.
-    pub fn piece(&mut self, piece: &Piece, answer: &Accumulator, out: &mut Vec<Output>) {
+    /// The outputs for one piece; `answer` already includes it. Takes the piece by value
+    /// so its text moves into the chunk instead of being copied.
+    pub fn piece(&mut self, piece: Piece, answer: &Accumulator, out: &mut Vec<Output>) {
         if self.finished {
             return;
         }
         match piece {
             Piece::KeepAlive => out.push(Output::KeepAlive),
-            Piece::Text(text) => out.push(self.content(text.clone())),
-            Piece::File { kind, url } => out.push(self.content(file_markdown(*kind, url))),
+            Piece::Text(text) => out.push(self.content(text)),
+            Piece::File { kind, url } => out.push(self.content(file_markdown(kind, &url))),
             Piece::Replace(text) => {
                 // Streamed deltas cannot be withdrawn: the replacement follows them after a
                 // blank line, and the finish reason says a content filter acted.
                 let text = if self.emitted_text {
                     format!("\n\n{text}")
                 } else {
-                    text.clone()
+                    text
                 };
                 out.push(self.content(text));
             }
@@ -124,7 +125,7 @@ impl ChunkEncoder {
             }
             Piece::Failed(failure) => {
                 self.finished = true;
-                out.push(Output::Error(failure.error.body.clone()));
+                out.push(Output::Error(failure.error.body));
             }
         }
     }
@@ -174,7 +175,7 @@ impl StreamEncoder for ChunkEncoder {
         ChunkEncoder::start(self).write_sse(buf);
     }
 
-    fn encode(&mut self, piece: &Piece, answer: &Accumulator, buf: &mut Vec<u8>) {
+    fn encode(&mut self, piece: Piece, answer: &Accumulator, buf: &mut Vec<u8>) {
         let mut outputs = Vec::with_capacity(3);
         self.piece(piece, answer, &mut outputs);
         for output in &outputs {

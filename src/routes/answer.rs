@@ -39,8 +39,9 @@ impl AnswerRun {
         }
     }
 
-    /// The answer is over and the client has all of it (or its error). A complete answer
-    /// needs no stop; any other end stops the Dify task, which may still be generating.
+    /// The answer is over and the client has all of it (or its error). A complete answer,
+    /// or a failure Dify reported itself, needs no stop; any other end stops the Dify
+    /// task, which may still be generating.
     /// Maps a complete answer for the next turn; returns once the stop and the store
     /// writes are done, so under Lambda they finish inside the invocation.
     pub async fn close(&mut self, answer: &Accumulator, visible: &str) {
@@ -62,12 +63,13 @@ impl AnswerRun {
                 tracing::warn!(model = %self.model, ms, code, cause = %failure.cause, "Dify failed mid-answer");
             }
         }
-        self.finish(answer.ended(), "its answer ended early").await;
+        let dify_done = answer.ended() || answer.failure().is_some_and(|f| f.dify_ended);
+        self.finish(dify_done, "its answer ended early").await;
     }
 
-    /// Stops the task unless the answer `completed`, and waits for the store writes.
-    pub async fn finish(&mut self, completed: bool, why: &str) {
-        if completed {
+    /// Stops the task unless Dify is done with it, and waits for the store writes.
+    pub async fn finish(&mut self, dify_done: bool, why: &str) {
+        if dify_done {
             self.task.disarm();
             self.link.finish_writes().await;
         } else {

@@ -78,7 +78,7 @@ async fn pump(
         }
         for piece in pieces.drain(..) {
             answer.apply(&piece);
-            encoder.encode(&piece, &answer, &mut buf);
+            encoder.encode(piece, &answer, &mut buf);
         }
     };
     tracing::info!(model = %run.model, "{why}");

@@ -248,7 +248,7 @@ fn encode(
 ) {
     for piece in pieces.drain(..) {
         answer.apply(&piece);
-        encoder.encode(&piece, answer, buf);
+        encoder.encode(piece, answer, buf);
     }
 }
 

@@ -327,11 +327,11 @@ fn stream(pieces: &[Piece], include_usage: bool) -> Streamed {
     let mut out = vec![encoder.start()];
     for piece in pieces {
         answer.apply(piece);
-        encoder.piece(piece, &answer, &mut out);
+        encoder.piece(piece.clone(), &answer, &mut out);
     }
     let ended_at = out.len();
     for late in [Piece::Text("late".to_string()), Piece::End] {
-        encoder.piece(&late, &answer, &mut out);
+        encoder.piece(late, &answer, &mut out);
     }
     assert_eq!(
         out.len(),
