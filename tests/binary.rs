@@ -454,3 +454,90 @@ fn a_value_and_its_parameter_together_are_refused() {
         "{stderr}"
     );
 }
+
+/// `DIFY_API_BASE` with a user name and password in it.
+fn base_with_credentials(dify: &FakeDify) -> String {
+    format!("http://someuser:s3cretpw@{}/v1", dify.addr())
+}
+
+#[tokio::test]
+async fn credentials_in_the_dify_base_are_not_logged() {
+    let dify = FakeDify::start().await;
+    let mut vars = valid_vars(&dify);
+    vars[0].1 = base_with_credentials(&dify);
+    let running = start(&refs(&vars));
+    let log = running.log();
+    assert!(log.contains("models loaded: my-app"), "{log}");
+    for secret in ["s3cretpw", "someuser"] {
+        assert!(
+            !log.contains(secret),
+            "{secret:?} appears in the startup log:\n{log}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn credentials_in_the_dify_base_never_reach_clients() {
+    let dify = FakeDify::start().await;
+    // An answer with a file Dify names by a relative URL, which the proxy makes absolute
+    // from DIFY_API_BASE.
+    let file = json!({
+        "event": "message_file",
+        "id": "5e2a6c1d-7b3f-4a8e-9c2d-1f6b8a4e3c7d",
+        "type": "image",
+        "belongs_to": "assistant",
+        "url": "/files/tools/a.png",
+        "conversation_id": "45701982-8118-4bc5-8e9b-64562b4555f2",
+        "task_id": "c3800678-a077-43df-a102-53f23ed20b88",
+    });
+    let end = json!({
+        "event": "message_end",
+        "conversation_id": "45701982-8118-4bc5-8e9b-64562b4555f2",
+        "message_id": "9da23599-e713-473b-982c-4328d4f5c78a",
+        "task_id": "c3800678-a077-43df-a102-53f23ed20b88",
+        "id": "9da23599-e713-473b-982c-4328d4f5c78a",
+        "metadata": {"usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}},
+    });
+    dify.set(
+        APP_KEY,
+        Scenario::raw([(format!("data: {file}\n\ndata: {end}\n\n"), Duration::ZERO)]),
+    );
+    let mut vars = valid_vars(&dify);
+    vars[0].1 = base_with_credentials(&dify);
+    let running = start(&refs(&vars));
+
+    let client = reqwest::Client::new();
+    let link = format!("http://{}/files/tools/a.png", dify.addr());
+    for stream in [false, true] {
+        let r = client
+            .post(format!("{}/v1/chat/completions", running.url))
+            .bearer_auth(PROXY_KEY)
+            .json(&json!({"model": "my-app", "stream": stream, "messages": [{"role": "user", "content": "draw it"}]}))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body = r.text().await.unwrap();
+        for secret in ["s3cretpw", "someuser"] {
+            assert!(
+                !body.contains(secret),
+                "stream {stream}: {secret:?} reached the client: {body}"
+            );
+        }
+        // Dify takes the app key as a bearer token; the requests must still carry it.
+        assert_eq!(status, 200, "stream {stream}: {body}");
+        assert!(
+            body.contains(&link),
+            "stream {stream}: no link to {link}: {body}"
+        );
+    }
+    let requests = dify.requests();
+    assert!(
+        requests.iter().all(|r| r.key == APP_KEY),
+        "{:?}",
+        requests
+            .iter()
+            .map(|r| &r.authorization)
+            .collect::<Vec<_>>()
+    );
+}

@@ -438,6 +438,66 @@ async fn streaming_chat_reaches_the_runtime_api_incrementally() {
 }
 
 #[tokio::test]
+async fn a_cut_answer_stops_dify_before_the_invocation_ends() {
+    // Lambda may freeze the environment as soon as the response is complete: a stop
+    // call still under way then never reaches Dify. So the stop must have been answered
+    // before the function ends the response. A Dify slow to answer the stop (300 ms)
+    // makes a stop that merely overlaps the end show.
+    const TASK: &str = "task-lambda-cut-0001";
+    let dify = FakeDify::start().await;
+    dify.set_stop_delay(Duration::from_millis(300));
+    // Paced slower than the 1 s limit: the proxy cuts the answer, Dify would go on.
+    dify.set(
+        APP_KEY,
+        Scenario::endless(" tok", Duration::from_millis(200), TASK),
+    );
+    let runtime = FakeRuntime::start().await;
+    let models = format!(r#"{{"{MODEL}":"{APP_KEY}"}}"#);
+    let base = dify.base_url();
+    let function = Function::spawn(
+        &runtime,
+        &[
+            ("DIFY_API_BASE", &base),
+            ("MODEL_CONFIG", &models),
+            ("PROXY_API_KEYS", PROXY_KEY),
+            ("MAX_STREAM_SECONDS", "1"),
+        ],
+    );
+
+    let id = runtime.invoke(event_text("chat-streaming.json"));
+    let response = function.response(&runtime, &id).await;
+    assert_eq!(response.status, 200, "{}", response.body_text());
+    let events = sse_events(&response);
+    let error: Value = events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(&e.data).ok())
+        .find(|v| v.get("error").is_some())
+        .unwrap_or_else(|| panic!("no error event: {}", response.body_text()));
+    assert_eq!(error["error"]["code"], "dify_stream_error", "{error}");
+    let finished = response.raw.finished.expect("a complete response");
+
+    // Waited for only to say what happened when the order is wrong.
+    let Some(stop) = dify.wait_for_stop_of(TASK, Duration::from_secs(10)).await else {
+        panic!(
+            "Dify's task was never stopped; stops: {:?}\n{}",
+            dify.stops(),
+            function.logs()
+        );
+    };
+    assert_eq!(stop.call.key, APP_KEY);
+    let ms = |t: Instant| t.saturating_duration_since(response.delivered).as_millis();
+    assert!(
+        stop.answered <= finished,
+        "the invocation's response finished at +{} ms, but Dify received the stop at +{} ms \
+         and answered it at +{} ms (after delivery): the environment may freeze before the \
+         stop gets through",
+        ms(finished),
+        ms(stop.received),
+        ms(stop.answered)
+    );
+}
+
+#[tokio::test]
 async fn event_files_get_openai_answers_through_the_runtime_api() {
     let dify = FakeDify::start().await;
     dify.set(APP_KEY, Scenario::replay(FIXTURE));

@@ -3,7 +3,8 @@
 //! server (moto). Every turn must succeed and continue the right Dify conversation, and
 //! memory must stop growing once the first rounds have sized pools and buffers. Scale with
 //! LOAD_CONVERSATIONS / LOAD_TURNS; figures are printed (run with `--nocapture` to see
-//! them).
+//! them). Also: the peak memory of the largest answer the proxy accepts, against the
+//! template's MemorySize (about 35 s in a debug build: the proxy takes ~3.5 MB/s there).
 
 mod support;
 
@@ -245,5 +246,166 @@ async fn concurrent_conversations_lose_nothing() {
         "{} chats lost continuity, e.g. {:?}",
         wrong.len(),
         &wrong[..wrong.len().min(5)]
+    );
+}
+
+/// The function's memory in MiB (Lambda's "MB"), from template.yaml's `MemorySize`.
+fn template_memory_mib() -> u64 {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/template.yaml");
+    let template = std::fs::read_to_string(path).unwrap();
+    template
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("MemorySize:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("template.yaml sets MemorySize")
+}
+
+/// A chat-app `message` frame carrying `answer`.
+fn message_frame(answer: &str) -> String {
+    let frame = json!({
+        "event": "message",
+        "conversation_id": "45701982-8118-4bc5-8e9b-64562b4555f2",
+        "message_id": "9da23599-e713-473b-982c-4328d4f5c78a",
+        "created_at": 1705398420,
+        "task_id": "c3800678-a077-43df-a102-53f23ed20b88",
+        "id": "9da23599-e713-473b-982c-4328d4f5c78a",
+        "answer": answer,
+    });
+    format!("data: {frame}\n\n")
+}
+
+/// The largest answer the proxy accepts by default: text-heavy `message` frames of
+/// 16 KiB of text each, then `message_end`, just under `DEFAULT_MAX_UPSTREAM_BYTES`.
+/// Returns the parts and the answer's length.
+fn maximal_answer() -> (Vec<(bytes::Bytes, Duration)>, usize) {
+    let limit = opendify::config::DEFAULT_MAX_UPSTREAM_BYTES as usize;
+    let text: String = "All work and no play makes a long answer. "
+        .chars()
+        .cycle()
+        .take(16 * 1024)
+        .collect();
+    let frame = bytes::Bytes::from(message_frame(&text));
+    let end = bytes::Bytes::from(format!(
+        "data: {}\n\n",
+        json!({
+            "event": "message_end",
+            "conversation_id": "45701982-8118-4bc5-8e9b-64562b4555f2",
+            "message_id": "9da23599-e713-473b-982c-4328d4f5c78a",
+            "created_at": 1705398420,
+            "task_id": "c3800678-a077-43df-a102-53f23ed20b88",
+            "id": "9da23599-e713-473b-982c-4328d4f5c78a",
+            "metadata": {"usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}},
+            "files": null,
+        })
+    ));
+    // A little under the limit, so no framing detail tips it over.
+    let n = (limit - 64 * 1024 - end.len()) / frame.len();
+    let mut parts: Vec<(bytes::Bytes, Duration)> =
+        (0..n).map(|_| (frame.clone(), Duration::ZERO)).collect();
+    parts.push((end, Duration::ZERO));
+    (parts, n * text.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_maximal_answer_fits_in_the_function_memory() {
+    // Peak resident memory allowed while serving the largest answer: 5/8 of the
+    // template's MemorySize (256 MiB → 160 MiB). The rest is headroom the process does
+    // not control: allocator fragmentation, a larger request, TLS and connection state,
+    // the runtime. Lambda kills a function that exceeds MemorySize.
+    let bound_mib = template_memory_mib() * 5 / 8;
+    let dify = FakeDify::start().await;
+    let started = Instant::now();
+    let (parts, answer_len) = maximal_answer();
+    let upstream: usize = parts.iter().map(|(b, _)| b.len()).sum();
+    dify.set(APP_KEY, Scenario::Raw { parts });
+    let generated = started.elapsed();
+    let vars = [
+        ("DIFY_API_BASE", dify.base_url()),
+        ("MODEL_CONFIG", format!(r#"{{"my-app":"{APP_KEY}"}}"#)),
+        ("PROXY_API_KEYS", PROXY_KEY.to_string()),
+    ];
+    let running = start(&refs(&vars));
+    let client = reqwest::Client::new();
+    let (_, idle_peak) = running.memory_kib();
+
+    // Streamed: read everything; the content must be the whole answer.
+    let started = Instant::now();
+    let r = client
+        .post(format!("{}/v1/chat/completions", running.url))
+        .bearer_auth(PROXY_KEY)
+        .json(&json!({"model": "my-app", "stream": true, "messages": [{"role": "user", "content": "everything"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.bytes().await.unwrap();
+    let streamed = started.elapsed();
+    let text = std::str::from_utf8(&body).unwrap();
+    assert!(
+        text.ends_with("data: [DONE]\n\n"),
+        "{}",
+        &text[text.len().saturating_sub(500)..]
+    );
+    let mut content = 0;
+    for data in text
+        .split("\n\n")
+        .filter_map(|f| f.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+    {
+        let v: Value = serde_json::from_str(data).unwrap();
+        assert!(v.get("error").is_none(), "{v}");
+        content += v["choices"][0]["delta"]["content"]
+            .as_str()
+            .map_or(0, str::len);
+    }
+    assert_eq!(content, answer_len);
+    drop(body);
+    let (_, stream_peak) = running.memory_kib();
+
+    // Blocking: the whole completion in one body.
+    let started = Instant::now();
+    let r = client
+        .post(format!("{}/v1/chat/completions", running.url))
+        .bearer_auth(PROXY_KEY)
+        .json(&json!({"model": "my-app", "messages": [{"role": "user", "content": "everything"}]}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body = r.bytes().await.unwrap();
+    let blocking = started.elapsed();
+    assert_eq!(
+        status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&body[..body.len().min(500)])
+    );
+    let completion: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        completion["choices"][0]["message"]["content"]
+            .as_str()
+            .map(str::len),
+        Some(answer_len)
+    );
+    let (_, peak) = running.memory_kib();
+
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!(
+        "maximal answer: {:.1} MiB from Dify ({:.1} MiB of text); peak RSS idle {:.1} MiB, \
+         after streaming {:.1} MiB, after blocking {:.1} MiB (bound {bound_mib} MiB); \
+         generated in {generated:?}, streamed in {streamed:?}, blocking in {blocking:?}",
+        upstream as f64 / 1048576.0,
+        answer_len as f64 / 1048576.0,
+        mib(idle_peak),
+        mib(stream_peak),
+        mib(peak),
+    );
+    assert!(
+        peak <= bound_mib * 1024,
+        "peak RSS {:.1} MiB serving a {:.1} MiB answer (after streaming it: {:.1} MiB), over \
+         {bound_mib} MiB, 5/8 of the template's MemorySize",
+        mib(peak),
+        upstream as f64 / 1048576.0,
+        mib(stream_peak)
     );
 }

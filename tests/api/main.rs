@@ -13,3 +13,4 @@ mod chat_stream;
 mod conversations;
 mod hardening;
 mod models;
+mod stream_ends;

@@ -5,7 +5,8 @@
 //!
 //! - `POST /v1/chat-messages` with `Authorization: Bearer <app key>`;
 //! - `POST /v1/chat-messages/{task_id}/stop`, which always answers 200
-//!   `{"result": "success"}` once the key and `user` are valid;
+//!   `{"result": "success"}` once the key and `user` are valid (after
+//!   [`FakeDify::set_stop_delay`], if one is set);
 //! - any other path: 404 with a Dify error body.
 //!
 //! What `/chat-messages` answers is chosen per app key with [`FakeDify::set`].
@@ -21,7 +22,6 @@
 //! goes out as its own HTTP chunk, so delays between writes are real.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -102,7 +102,11 @@ pub enum Scenario {
     },
     /// 200 SSE head, then these bytes, each part written after its delay.
     /// For truncated streams, invalid UTF-8, malformed frames, stalls.
+    /// [`Scenario::raw_left_open`] keeps the connection open after the last part.
     Raw { parts: Vec<(Bytes, Duration)> },
+    /// Like `Raw`, then the connection is cut mid-body (no final chunk): the client
+    /// sees a transport error, as when a gateway or Dify's worker dies mid-answer.
+    CutOff { parts: Vec<(Bytes, Duration)> },
     /// A plain response with any status (not only errors), sent at once.
     /// See [`Scenario::error`], [`Scenario::fixture_error`], [`Scenario::html_gateway`].
     HttpError {
@@ -193,6 +197,23 @@ impl Scenario {
     /// Raw parts, each with the delay that comes before it.
     pub fn raw<B: Into<Bytes>>(parts: impl IntoIterator<Item = (B, Duration)>) -> Self {
         Scenario::Raw {
+            parts: parts.into_iter().map(|(b, d)| (b.into(), d)).collect(),
+        }
+    }
+
+    /// Raw parts, then nothing more, with the connection left open: it ends when the
+    /// client closes it, the fake is dropped, or [`HANG_CAP`] passes (then it ends
+    /// normally, `Completed`). For a Dify that lingers after its last event.
+    pub fn raw_left_open<B: Into<Bytes>>(parts: impl IntoIterator<Item = (B, Duration)>) -> Self {
+        let mut parts: Vec<(Bytes, Duration)> =
+            parts.into_iter().map(|(b, d)| (b.into(), d)).collect();
+        parts.push((Bytes::new(), HANG_CAP));
+        Scenario::Raw { parts }
+    }
+
+    /// Raw parts, each with the delay that comes before it, then the connection is cut.
+    pub fn cut_off<B: Into<Bytes>>(parts: impl IntoIterator<Item = (B, Duration)>) -> Self {
+        Scenario::CutOff {
             parts: parts.into_iter().map(|(b, d)| (b.into(), d)).collect(),
         }
     }
@@ -327,7 +348,17 @@ pub struct StopCall {
     pub key: String,
 }
 
-/// Why a streamed response (Replay, Raw, Endless, streaming Answer) ended.
+/// One call to the stop endpoint with its timing (see [`FakeDify::set_stop_delay`]).
+#[derive(Clone, Debug)]
+pub struct StopRecord {
+    pub call: StopCall,
+    /// When the request (head and body) had arrived.
+    pub received: Instant,
+    /// When the fake had finished handling it: its answer was ready to go out.
+    pub answered: Instant,
+}
+
+/// Why a streamed response (Replay, Raw, CutOff, Endless, streaming Answer) ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EndReason {
     /// Everything was written.
@@ -445,6 +476,28 @@ impl FakeDify {
         self.shared.lock().stops.clone()
     }
 
+    /// Makes the stop endpoint wait `delay` before it answers (and before it signals
+    /// the task): a slow Dify or network. Zero (the default) answers at once.
+    pub fn set_stop_delay(&self, delay: Duration) {
+        self.shared.lock().stop_delay = delay;
+    }
+
+    /// Every stop call that has been answered so far, with its timing, oldest first.
+    pub fn stop_records(&self) -> Vec<StopRecord> {
+        self.shared.lock().stop_records.clone()
+    }
+
+    /// The first answered stop call naming `task_id`, waiting up to `timeout` for one.
+    pub async fn wait_for_stop_of(&self, task_id: &str, timeout: Duration) -> Option<StopRecord> {
+        self.wait_for(timeout, |d| {
+            d.stop_records
+                .iter()
+                .find(|r| r.call.task_id == task_id)
+                .cloned()
+        })
+        .await
+    }
+
     /// Every finished stream so far, oldest first.
     pub fn stream_ends(&self) -> Vec<StreamEnd> {
         self.shared.lock().ends.clone()
@@ -540,6 +593,10 @@ struct Data {
     hits: HashMap<String, usize>,
     requests: Vec<Recorded>,
     stops: Vec<StopCall>,
+    /// See [`FakeDify::stop_records`].
+    stop_records: Vec<StopRecord>,
+    /// See [`FakeDify::set_stop_delay`].
+    stop_delay: Duration,
     ends: Vec<StreamEnd>,
     hang_ends: Vec<HangEnd>,
     conversations: HashMap<(String, String), Vec<String>>,
@@ -742,17 +799,37 @@ async fn stop_task(
         .ok()
         .and_then(|v| v.as_object().and_then(user_arg))
         .unwrap_or_default();
-    st.lock().stops.push(StopCall {
+    let received = Instant::now();
+    let call = StopCall {
         task_id: task_id.clone(),
         user: loose_user,
         key: token.clone().unwrap_or_default(),
-    });
+    };
+    let delay = {
+        let mut d = st.lock();
+        d.stops.push(call.clone());
+        d.stop_delay
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let answered = |st: &Shared| {
+        st.lock().stop_records.push(StopRecord {
+            call,
+            received,
+            answered: Instant::now(),
+        })
+    };
 
     let (key, _, user) = match caller(&st, token, &headers, &body) {
         Ok(found) => found,
-        Err(response) => return *response,
+        Err(response) => {
+            answered(&st);
+            return *response;
+        }
     };
     st.signal_stop(&task_id, &key, &user);
+    answered(&st);
     plain_response(200, JSON_CONTENT_TYPE, "{\"result\": \"success\"}\n")
 }
 
@@ -814,6 +891,19 @@ async fn run_scenario(st: &Arc<Shared>, req: Request, scenario: Scenario) -> Res
                     w.send(bytes).await?;
                 }
                 Ok(())
+            },
+        ),
+        Scenario::CutOff { parts } => spawn_stream(
+            st,
+            req.key,
+            None,
+            SSE_CONTENT_TYPE,
+            move |mut w| async move {
+                for (bytes, delay) in parts {
+                    w.pause(delay, None).await?;
+                    w.send(bytes).await?;
+                }
+                w.cut().await
             },
         ),
         Scenario::HttpError {
@@ -981,7 +1071,7 @@ where
     F: FnOnce(Writer) -> Fut,
     Fut: Future<Output = Result<(), EndReason>> + Send + 'static,
 {
-    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(1);
     let fut = f(Writer {
         tx,
         shutdown: st.shutdown.clone(),
@@ -995,14 +1085,14 @@ where
             reason,
         });
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<Bytes, Infallible>(b), rx))
-    });
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
     plain_response(200, content_type, Body::from_stream(stream))
 }
 
 struct Writer {
-    tx: mpsc::Sender<Bytes>,
+    /// An `Err` makes the server drop the connection mid-body.
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -1013,7 +1103,17 @@ impl Writer {
             return Ok(());
         }
         tokio::select! {
-            r = self.tx.send(bytes) => r.map_err(|_| EndReason::ClientGone),
+            r = self.tx.send(Ok(bytes)) => r.map_err(|_| EndReason::ClientGone),
+            _ = wait_shutdown(&mut self.shutdown) => Err(EndReason::Shutdown),
+        }
+    }
+
+    /// Ends the body with an error, so the connection is dropped without the final
+    /// chunk. Counts as `Completed`: everything was written.
+    async fn cut(&mut self) -> Result<(), EndReason> {
+        let cut = std::io::Error::other("fake_dify: connection cut mid-answer");
+        tokio::select! {
+            r = self.tx.send(Err(cut)) => r.map_err(|_| EndReason::ClientGone),
             _ = wait_shutdown(&mut self.shutdown) => Err(EndReason::Shutdown),
         }
     }
