@@ -28,7 +28,10 @@ pub const DEFAULT_MAX_MESSAGES: usize = 1000;
 pub const DEFAULT_STREAM_IDLE_SECS: u64 = 120;
 /// Below Lambda's 15-minute cap, so the client gets a clean error instead of a cut stream.
 pub const DEFAULT_MAX_STREAM_SECS: u64 = 870;
-pub const DEFAULT_MAX_UPSTREAM_BYTES: u64 = 64 * 1024 * 1024;
+/// A maximal answer must fit the function's memory (256 MB in the template) with room to
+/// spare: a blocking answer is held twice (its text, then its JSON), a streamed one at most
+/// once (only when history matching needs its text).
+pub const DEFAULT_MAX_UPSTREAM_BYTES: u64 = 32 * 1024 * 1024;
 /// DynamoDB answers in milliseconds; these bound a store that is down or overloaded.
 pub const DEFAULT_STORE_LOOKUP_TIMEOUT_MS: u64 = 2500;
 pub const DEFAULT_STORE_WRITE_TIMEOUT_MS: u64 = 10_000;
@@ -449,13 +452,13 @@ impl Config {
         format!(
             "models loaded: {}; Dify base: {}; auth: {}",
             names.join(", "),
-            without_credentials(&self.dify_api_base),
+            self.dify_api_base,
             auth
         )
     }
 }
 
-/// The URL without any `user:password@`: for logs, and for links shown to clients.
+/// The URL without any `user:password@`.
 pub fn without_credentials(url: &Url) -> Url {
     let mut clean = url.clone();
     // Only fails for URLs that cannot have credentials, which then have none.
@@ -465,18 +468,34 @@ pub fn without_credentials(url: &Url) -> Url {
 }
 
 /// The URL, or what is wrong with it (worded to follow `DIFY_API_BASE`).
+/// Credentials in the URL (`user:password@`) are dropped: Dify authenticates with each
+/// model's app key, and reqwest would send them as a second `Authorization` header that
+/// Dify reads first. They never appear in a message either.
 fn parse_base_url(raw: &str) -> Result<Url, String> {
     let mut url = Url::parse(raw).map_err(|e| {
-        format!("is {raw:?}, which is not a URL ({e}); expected e.g. https://api.dify.ai/v1")
+        // An `@` may follow a password: then the value is not repeated.
+        let shown = if raw.contains('@') {
+            String::new()
+        } else {
+            format!("is {raw:?}, which ")
+        };
+        format!("{shown}is not a URL ({e}); expected e.g. https://api.dify.ai/v1")
     })?;
+    let had_credentials = !url.username().is_empty() || url.password().is_some();
+    url = without_credentials(&url);
+    let shown = if had_credentials {
+        format!("{:?} (credentials hidden)", url.as_str())
+    } else {
+        format!("{raw:?}")
+    };
     if url.scheme() != "http" && url.scheme() != "https" {
-        return Err(format!("is {raw:?}: the scheme must be http or https"));
+        return Err(format!("is {shown}: the scheme must be http or https"));
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("is {raw:?}: it has no host"));
+        return Err(format!("is {shown}: it has no host"));
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!("is {raw:?}: remove the query string or fragment"));
+        return Err(format!("is {shown}: remove the query string or fragment"));
     }
     if !url.path().ends_with('/') {
         let path = format!("{}/", url.path());
@@ -856,9 +875,16 @@ mod tests {
     #[test]
     fn credentials_in_the_dify_base_are_never_shown() {
         let mut vars = valid();
+        vars[0].1 = "https://gateway-user:s3cret-pass@dify.example/v1?x=1";
+        let text = config(&vars).unwrap_err().to_string();
+        assert!(
+            !text.contains("s3cret") && text.contains("credentials hidden"),
+            "{text}"
+        );
         vars[0].1 = "https://gateway-user:s3cret-pass@dify.example/v1";
         let c = config(&vars).unwrap();
-        let shown = format!("{} {}", c.summary(), without_credentials(&c.dify_api_base));
+        assert_eq!(c.dify_api_base.as_str(), "https://dify.example/v1/");
+        let shown = c.summary();
         assert!(
             !shown.contains("s3cret") && !shown.contains("gateway-user"),
             "{shown}"

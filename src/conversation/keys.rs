@@ -76,16 +76,12 @@ pub fn history_key<'a>(
     let mut h = Sha256::new();
     absorb(&mut h, model);
     absorb(&mut h, user);
-    let mut normalised = String::new();
     for (role, text) in messages {
-        normalised.clear();
-        for word in text.split_whitespace() {
-            if !normalised.is_empty() {
-                normalised.push(' ');
-            }
-            normalised.push_str(word);
-        }
-        if normalised.is_empty() {
+        // The normalised text is hashed word by word, never built: an answer can be large.
+        let words = || text.split_whitespace();
+        let (chars, count) = words().fold((0, 0), |(l, n), w| (l + w.len(), n + 1));
+        let len = chars + count.saturating_sub(1);
+        if len == 0 {
             continue;
         }
         let role = match role {
@@ -93,7 +89,13 @@ pub fn history_key<'a>(
             other => other,
         };
         absorb(&mut h, role.label());
-        absorb(&mut h, &normalised);
+        h.update((len as u64).to_le_bytes());
+        for (i, word) in words().enumerate() {
+            if i > 0 {
+                h.update(b" ");
+            }
+            h.update(word.as_bytes());
+        }
     }
     format!("hist#{}", hex(&h.finalize()))
 }
@@ -124,6 +126,48 @@ mod tests {
         assert_ne!(k, chat_key("m", "u", "c2"));
         // Length prefixes: shifting a boundary changes the key.
         assert_ne!(chat_key("ab", "c", "d"), chat_key("a", "bc", "d"));
+    }
+
+    /// The digest as first defined (the normalised text built, then absorbed): hashing in
+    /// place must give the same keys, or every stored mapping would stop matching.
+    fn reference_history_key(model: &str, user: &str, messages: &[(Role, &str)]) -> String {
+        let mut h = Sha256::new();
+        absorb(&mut h, model);
+        absorb(&mut h, user);
+        for (role, text) in messages {
+            let normalised = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            if normalised.is_empty() {
+                continue;
+            }
+            let role = if *role == Role::Developer {
+                Role::System
+            } else {
+                *role
+            };
+            absorb(&mut h, role.label());
+            absorb(&mut h, &normalised);
+        }
+        format!("hist#{}", hex(&h.finalize()))
+    }
+
+    #[test]
+    fn history_keys_match_their_definition() {
+        let cases: &[&[(Role, &str)]] = &[
+            &[(Role::User, "Hi")],
+            &[
+                (Role::Developer, " Be  brief.\n"),
+                (Role::User, "a\tb  c"),
+                (Role::Assistant, ""),
+            ],
+            &[(Role::User, "   "), (Role::Assistant, "Grüße, 世界 !")],
+        ];
+        for messages in cases {
+            assert_eq!(
+                history_key("m", "u", messages.iter().copied()),
+                reference_history_key("m", "u", messages),
+                "{messages:?}"
+            );
+        }
     }
 
     #[test]

@@ -55,14 +55,9 @@ impl DifyClient {
         })
     }
 
+    /// The service API base; relative file URLs in answers resolve against it too.
     pub fn base(&self) -> &Url {
         &self.base
-    }
-
-    /// What relative file URLs in answers resolve against: the base without credentials,
-    /// which must never reach a client.
-    pub fn file_base(&self) -> Url {
-        crate::config::without_credentials(&self.base)
     }
 
     /// Starts `POST /chat-messages` in streaming mode. Returns once Dify has sent its

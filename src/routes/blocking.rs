@@ -1,6 +1,6 @@
 //! Blocking delivery: the whole answer read from Dify's stream, then one response.
 
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::answer::AnswerRun;
@@ -35,6 +35,22 @@ pub async fn complete_answer(
     }
     let content = content_text(answer.take_content());
     run.close(&answer, &content).await;
+    // Sized for the text up front: a buffer grown by doubling would briefly hold up to
+    // three copies of a large answer, next to the answer itself.
+    let mut body = Vec::with_capacity(content.len() + 1024);
     let completion = completion(&meta, &answer, content);
-    (StatusCode::OK, axum::Json(completion)).into_response()
+    if serde_json::to_writer(&mut body, &completion).is_err() {
+        // Our own types always serialize; never a panic all the same.
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    drop(completion);
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }

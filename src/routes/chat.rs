@@ -105,7 +105,7 @@ pub async fn create(
     };
     let keep_text = link.wants_answer_text();
     let run = AnswerRun {
-        decoder: DifyDecoder::new(&request.model, state.dify().file_base()),
+        decoder: DifyDecoder::new(&request.model, state.dify().base().clone()),
         task: RunningTask::new(state.dify().clone(), app_key.to_string(), turn.user.clone()),
         link,
         turn,
