@@ -79,7 +79,7 @@ pub fn history_key<'a>(
     for (role, text) in messages {
         // The normalised text is hashed word by word, never built: an answer can be large.
         let words = || text.split_whitespace();
-        let (chars, count) = words().fold((0, 0), |(l, n), w| (l + w.len(), n + 1));
+        let (chars, count) = words().fold((0usize, 0usize), |(l, n), w| (l + w.len(), n + 1));
         let len = chars + count.saturating_sub(1);
         if len == 0 {
             continue;
