@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+use support::events::{event_files, sse_data};
 use support::process::drain;
 use support::{FakeDify, Scenario, Split};
 
@@ -391,37 +392,6 @@ async fn invoke(watch: &Watch, name: &str) -> Ran {
     .await
 }
 
-fn event_files() -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(manifest_dir().join("events"))
-        .expect("events/ exists")
-        .map(|e| {
-            e.expect("readable entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .filter(|n| n.ends_with(".json"))
-        .collect();
-    names.sort();
-    names
-}
-
-/// The `data:` payloads of an SSE text, in order (comments skipped).
-fn sse_data(text: &str) -> Vec<String> {
-    text.split("\n\n")
-        .filter_map(|block| {
-            let data: Vec<&str> = block
-                .lines()
-                .filter_map(|l| l.strip_prefix("data:"))
-                .map(|d| d.strip_prefix(' ').unwrap_or(d))
-                .collect();
-            (!data.is_empty()).then(|| data.join("\n"))
-        })
-        .collect()
-}
-
-/// Checks an OpenAI stream: role first, one id, one finish_reason, `[DONE]` last. Returns
-/// the joined content.
 fn check_openai_stream(text: &str) -> String {
     let data = sse_data(text);
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{text}");

@@ -15,7 +15,8 @@ use axum::http::{StatusCode, header};
 use http_body_util::BodyExt;
 use lambda_http::RequestExt;
 use serde_json::Value;
-use support::{FakeDify, Scenario, fixture_bytes};
+use support::events::{event_files, event_text, fixture_answer, sse_data};
+use support::{FakeDify, Scenario};
 use tower::ServiceExt;
 
 /// The proxy key and model name the event files use (README: run locally with
@@ -42,22 +43,6 @@ impl Answer {
     fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
-}
-
-fn event_text(name: &str) -> String {
-    let path = format!("{}/events/{name}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
-}
-
-/// The answer text the fixture streams: its `message` frames joined.
-fn fixture_answer() -> String {
-    let text = String::from_utf8(fixture_bytes(FIXTURE)).expect("fixture is UTF-8");
-    text.lines()
-        .filter_map(|line| line.strip_prefix("data: "))
-        .filter_map(|data| serde_json::from_str::<Value>(data).ok())
-        .filter(|frame| frame["event"] == "message")
-        .map(|frame| frame["answer"].as_str().unwrap_or_default().to_string())
-        .collect()
 }
 
 /// Feeds `events/<name>` to the app, configured as the event files expect, in front of a
@@ -127,20 +112,6 @@ fn assert_openai_error(answer: &Answer, status: u16, code: Option<&str>) -> Valu
     body
 }
 
-/// The `data:` payloads of an SSE body, in order (comment lines skipped).
-fn sse_data(text: &str) -> Vec<String> {
-    text.split("\n\n")
-        .filter_map(|block| {
-            let data: Vec<&str> = block
-                .lines()
-                .filter_map(|l| l.strip_prefix("data:"))
-                .map(|d| d.strip_prefix(' ').unwrap_or(d))
-                .collect();
-            (!data.is_empty()).then(|| data.join("\n"))
-        })
-        .collect()
-}
-
 /// The one Dify request a chat event made: the right app, streamed, the question asked.
 fn assert_reached_dify_once(answer: &Answer) {
     let requests = answer.dify.requests();
@@ -192,7 +163,7 @@ async fn blocking_event_gets_one_completion() {
     assert_eq!(choice["message"]["role"], "assistant", "{completion}");
     assert_eq!(
         choice["message"]["content"],
-        fixture_answer().as_str(),
+        fixture_answer(FIXTURE).as_str(),
         "{completion}"
     );
     assert_eq!(choice["finish_reason"], "stop", "{completion}");
@@ -241,7 +212,7 @@ async fn streaming_event_gets_chunks_ending_in_done() {
         .iter()
         .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
         .collect();
-    assert_eq!(text, fixture_answer());
+    assert_eq!(text, fixture_answer(FIXTURE));
     let finishes: Vec<&Value> = chunks
         .iter()
         .map(|c| &c["choices"][0]["finish_reason"])
@@ -299,12 +270,6 @@ fn every_event_file_has_a_test() {
         "chat-wrong-method.json",
         "models.json",
     ];
-    let mut names: Vec<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/events"))
-        .expect("events/ exists")
-        .map(|e| e.expect("readable entry").file_name())
-        .map(|n| n.to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".json"))
-        .collect();
-    names.sort();
+    let names = event_files();
     assert_eq!(names, covered, "add a test to tests/lambda_events.rs");
 }

@@ -11,9 +11,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::events::{event_json, event_text, fixture_answer};
 use support::lambda_runtime::{FakeRuntime, Invocation};
 use support::process::drain;
-use support::{FakeDify, Scenario, Split, fixture_bytes};
+use support::{FakeDify, Scenario, Split};
 
 /// The proxy key and model name the event files use (README: run locally with
 /// `PROXY_API_KEYS=local-dev-key` and a `my-app` entry in MODEL_CONFIG).
@@ -122,30 +123,6 @@ impl Drop for Function {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn event_path(name: &str) -> String {
-    format!("{}/events/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn event_text(name: &str) -> String {
-    let path = event_path(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
-}
-
-fn event_json(name: &str) -> Value {
-    serde_json::from_str(&event_text(name)).unwrap_or_else(|e| panic!("{name} is not JSON: {e}"))
-}
-
-/// The answer text the fixture streams: its `message` frames joined.
-fn fixture_answer() -> String {
-    let text = String::from_utf8(fixture_bytes(FIXTURE)).expect("fixture is UTF-8");
-    text.lines()
-        .filter_map(|line| line.strip_prefix("data: "))
-        .filter_map(|data| serde_json::from_str::<Value>(data).ok())
-        .filter(|frame| frame["event"] == "message")
-        .map(|frame| frame["answer"].as_str().unwrap_or_default().to_string())
-        .collect()
 }
 
 /// One SSE event of the response body: its `data:` payload and when its last byte arrived.
@@ -387,7 +364,7 @@ async fn streaming_chat_reaches_the_runtime_api_incrementally() {
         .filter_map(|e| delta_content(&e.data).map(|c| (c, e.at)))
         .collect();
     let text: String = content.iter().map(|(c, _)| c.as_str()).collect();
-    assert_eq!(text, fixture_answer(), "{}", response.body_text());
+    assert_eq!(text, fixture_answer(FIXTURE), "{}", response.body_text());
     assert_eq!(text, "The capital of France is Paris.");
 
     // The fixture has 5 `message` frames 150 ms apart: streamed, the first content
@@ -566,7 +543,7 @@ async fn event_files_get_openai_answers_through_the_runtime_api() {
     assert_eq!(completion["model"], MODEL, "{completion}");
     assert_eq!(
         completion["choices"][0]["message"]["content"],
-        fixture_answer().as_str(),
+        fixture_answer(FIXTURE).as_str(),
         "{completion}"
     );
 
@@ -577,7 +554,7 @@ async fn event_files_get_openai_answers_through_the_runtime_api() {
         .iter()
         .filter_map(|e| delta_content(&e.data))
         .collect();
-    assert_eq!(text, fixture_answer());
+    assert_eq!(text, fixture_answer(FIXTURE));
 
     let body = assert_openai_error(unknown, 404, Some("model_not_found"));
     assert_eq!(body["error"]["param"], "model", "{body}");

@@ -64,11 +64,6 @@ impl Accumulator {
         }
     }
 
-    /// The answer's content (after any replacement), in order.
-    pub fn content(&self) -> &[Content] {
-        &self.content
-    }
-
     /// Moves the content out, so the answer is not held twice while it is encoded.
     pub fn take_content(&mut self) -> Vec<Content> {
         std::mem::take(&mut self.content)

@@ -459,7 +459,7 @@ impl Config {
 }
 
 /// The URL without any `user:password@`.
-pub fn without_credentials(url: &Url) -> Url {
+fn without_credentials(url: &Url) -> Url {
     let mut clean = url.clone();
     // Only fails for URLs that cannot have credentials, which then have none.
     let _ = clean.set_username("");

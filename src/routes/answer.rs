@@ -20,10 +20,12 @@ pub struct AnswerRun {
 impl AnswerRun {
     /// Decodes one network read's worth of Dify items into pieces, keeping the task id
     /// (to stop it) and the conversation id (to map it) as soon as a frame names them.
-    /// Items after a failure are dropped: the answer is over.
+    /// Items after the end or a failure are dropped; `stream_over`: Dify's stream ended
+    /// with this read, so an answer still open ends (or fails) here.
     pub fn decode(
         &mut self,
         items: &mut Vec<Result<DifyEvent, DifyError>>,
+        stream_over: bool,
         pieces: &mut Vec<Piece>,
     ) {
         for item in items.drain(..) {
@@ -34,8 +36,11 @@ impl AnswerRun {
             }
             if flow == Flow::Stop {
                 // Dropping the drain discards the rest.
-                return;
+                break;
             }
+        }
+        if stream_over {
+            self.decoder.on_end(pieces);
         }
     }
 

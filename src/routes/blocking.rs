@@ -20,10 +20,7 @@ pub async fn complete_answer(
     let mut pieces = Vec::new();
     while !answer.is_over() {
         let more = upstream.next_batch(&mut items).await;
-        run.decode(&mut items, &mut pieces);
-        if !more {
-            run.decoder.on_end(&mut pieces);
-        }
+        run.decode(&mut items, !more, &mut pieces);
         for piece in pieces.drain(..) {
             answer.apply(&piece);
         }

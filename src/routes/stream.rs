@@ -72,10 +72,7 @@ async fn pump(
             _ = tx.closed() => break "the client went away before the answer was complete",
             more = upstream.next_batch(&mut items) => more,
         };
-        run.decode(&mut items, &mut pieces);
-        if !more {
-            run.decoder.on_end(&mut pieces);
-        }
+        run.decode(&mut items, !more, &mut pieces);
         for piece in pieces.drain(..) {
             answer.apply(&piece);
             encoder.encode(piece, &answer, &mut buf);

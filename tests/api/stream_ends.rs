@@ -217,22 +217,17 @@ async fn a_finished_workflow_ends_at_once_though_dify_keeps_the_connection_open(
 // ---------------------------------------------------------------------------
 // Early ends stop Dify
 
-#[tokio::test]
-async fn a_frame_that_cannot_be_decoded_mid_answer_stops_the_dify_task() {
+/// Streamed and then blocking, Dify's answer breaks after "Once upon a time" (`dify` makes
+/// that answer for a task id): the client gets `dify_stream_error`, and Dify's task is
+/// stopped with the app's key within `STOP_WITHIN` of `what`.
+async fn assert_broken_answer_stops_the_task(
+    tasks: [&str; 2],
+    dify: impl Fn(&str) -> Scenario,
+    what: &str,
+) {
     let app = spawn_app().await;
-    for (mode, task) in [
-        ("streaming", "task-bad-frame-s"),
-        ("blocking", "task-bad-frame-b"),
-    ] {
-        // Two good frames, one that is not JSON, then Dify carries on (here: silently).
-        app.dify.set(
-            APP_KEY,
-            Scenario::raw_left_open(at_once([
-                message(task, "Once upon"),
-                message(task, " a time"),
-                Bytes::from_static(b"data: {\"event\": \"message\", \"answer\": \"tru\n\n"),
-            ])),
-        );
+    for (mode, task) in ["streaming", "blocking"].into_iter().zip(tasks) {
+        app.dify.set(APP_KEY, dify(task));
         if mode == "streaming" {
             let r = app.stream(streaming("Tell me a story")).await;
             assert_eq!(r.status, 200);
@@ -248,8 +243,7 @@ async fn a_frame_that_cannot_be_decoded_mid_answer_stops_the_dify_task() {
         let stop = app.dify.wait_for_stop_of(task, STOP_WITHIN).await;
         let Some(stop) = stop else {
             panic!(
-                "{mode}: Dify's task was not stopped within {STOP_WITHIN:?} of the undecodable \
-                 frame; stops: {:?}",
+                "{mode}: Dify's task was not stopped within {STOP_WITHIN:?} of {what}; stops: {:?}",
                 app.dify.stops()
             );
         };
@@ -258,36 +252,33 @@ async fn a_frame_that_cannot_be_decoded_mid_answer_stops_the_dify_task() {
 }
 
 #[tokio::test]
+async fn a_frame_that_cannot_be_decoded_mid_answer_stops_the_dify_task() {
+    // Two good frames, one that is not JSON, then Dify carries on (here: silently).
+    assert_broken_answer_stops_the_task(
+        ["task-bad-frame-s", "task-bad-frame-b"],
+        |task| {
+            Scenario::raw_left_open(at_once([
+                message(task, "Once upon"),
+                message(task, " a time"),
+                Bytes::from_static(b"data: {\"event\": \"message\", \"answer\": \"tru\n\n"),
+            ]))
+        },
+        "the undecodable frame",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn a_connection_that_breaks_mid_answer_stops_the_dify_task() {
-    let app = spawn_app().await;
-    for (mode, task) in [("streaming", "task-cut-s"), ("blocking", "task-cut-b")] {
-        app.dify.set(
-            APP_KEY,
+    assert_broken_answer_stops_the_task(
+        ["task-cut-s", "task-cut-b"],
+        |task| {
             Scenario::cut_off(at_once([
                 message(task, "Once upon"),
                 message(task, " a time"),
-            ])),
-        );
-        if mode == "streaming" {
-            let r = app.stream(streaming("Tell me a story")).await;
-            assert_eq!(r.status, 200);
-            assert_eq!(r.content(), "Once upon a time");
-            let e = r.error().expect("an error event");
-            assert_eq!(e["code"], "dify_stream_error", "{e}");
-            assert!(!r.done());
-        } else {
-            let (status, _, body) = app.chat(user_message("Tell me a story")).await;
-            assert_eq!(status, 502, "{body}");
-            assert_eq!(body["error"]["code"], "dify_stream_error", "{body}");
-        }
-        let stop = app.dify.wait_for_stop_of(task, STOP_WITHIN).await;
-        let Some(stop) = stop else {
-            panic!(
-                "{mode}: Dify's task was not stopped within {STOP_WITHIN:?} of the broken \
-                 connection; stops: {:?}",
-                app.dify.stops()
-            );
-        };
-        assert_eq!(stop.call.key, APP_KEY, "{mode}");
-    }
+            ]))
+        },
+        "the broken connection",
+    )
+    .await;
 }

@@ -880,32 +880,8 @@ async fn run_scenario(st: &Arc<Shared>, req: Request, scenario: Scenario) -> Res
                 Ok(())
             })
         }
-        Scenario::Raw { parts } => spawn_stream(
-            st,
-            req.key,
-            None,
-            SSE_CONTENT_TYPE,
-            move |mut w| async move {
-                for (bytes, delay) in parts {
-                    w.pause(delay, None).await?;
-                    w.send(bytes).await?;
-                }
-                Ok(())
-            },
-        ),
-        Scenario::CutOff { parts } => spawn_stream(
-            st,
-            req.key,
-            None,
-            SSE_CONTENT_TYPE,
-            move |mut w| async move {
-                for (bytes, delay) in parts {
-                    w.pause(delay, None).await?;
-                    w.send(bytes).await?;
-                }
-                w.cut().await
-            },
-        ),
+        Scenario::Raw { parts } => raw_stream(st, req.key, parts, false),
+        Scenario::CutOff { parts } => raw_stream(st, req.key, parts, true),
         Scenario::HttpError {
             status,
             body,
@@ -1056,6 +1032,18 @@ async fn pause_or_end(
         }
         other => other,
     }
+}
+
+/// `parts` as written, each after its delay; then, if `cut`, the connection is cut
+/// mid-body instead of ending cleanly.
+fn raw_stream(st: &Arc<Shared>, key: String, parts: Vec<(Bytes, Duration)>, cut: bool) -> Response {
+    spawn_stream(st, key, None, SSE_CONTENT_TYPE, move |mut w| async move {
+        for (bytes, delay) in parts {
+            w.pause(delay, None).await?;
+            w.send(bytes).await?;
+        }
+        if cut { w.cut().await } else { Ok(()) }
+    })
 }
 
 /// Answers 200 with a streaming body fed by `f` in a background task, and
