@@ -95,6 +95,30 @@ pub struct ProxyKey {
     pub key: Secret,
     /// `PROXY_API_KEYS` entry form `key:model1|model2` restricts it; plain `key` does not.
     pub models: ModelAccess,
+    pub tenant: Tenant,
+}
+
+/// Which proxy key a request came with, as a digest of the key: response ids are scoped
+/// to it, so the callers of one key never continue another key's conversations.
+#[derive(Debug, Clone)]
+pub struct Tenant(Arc<str>);
+
+impl Tenant {
+    /// Requests without a key (`ALLOW_UNAUTHENTICATED=true`) share one tenant.
+    pub fn open() -> Self {
+        Self(Arc::from("open"))
+    }
+
+    pub fn of_key(key: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(key.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        Self(Arc::from(format!("key:{hex}")))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// The models a caller may use. Shared, so a request carries its key's allow-list by a
@@ -575,7 +599,12 @@ fn parse_proxy_keys(
                 ModelAccess::only(names)
             }
         };
-        keys.push(ProxyKey { key, models });
+        let tenant = Tenant::of_key(key.expose());
+        keys.push(ProxyKey {
+            key,
+            models,
+            tenant,
+        });
     }
     if keys.is_empty() {
         problems.push(Problem::new(

@@ -23,6 +23,8 @@ pub enum Thread {
     History { lookup: Option<String> },
     /// No chat id and history matching switched off: every request starts anew.
     Untracked,
+    /// Continues a stored response (Responses API `previous_response_id`).
+    Response { key: String },
 }
 
 pub fn is_background_task(message: &str) -> bool {
@@ -61,6 +63,16 @@ pub fn chat_key(model: &str, user: &str, chat_id: &str) -> String {
         absorb(&mut h, part);
     }
     format!("chat#{}", hex(&h.finalize()))
+}
+
+/// Key for a Responses API response id, scoped to the proxy key (`tenant`), model and
+/// user that created it: any other caller computes another key, so the id is unknown to it.
+pub fn response_key(tenant: &str, model: &str, user: &str, response_id: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [tenant, model, user, response_id] {
+        absorb(&mut h, part);
+    }
+    format!("resp#{}", hex(&h.finalize()))
 }
 
 /// Key for (model, user, messages). Messages are normalised so that cosmetic differences
@@ -115,6 +127,17 @@ mod tests {
 
     fn h(messages: &[(Role, &str)]) -> String {
         history_key("m", "u", messages.iter().copied())
+    }
+
+    #[test]
+    fn response_keys_separate_tenant_model_user_and_id() {
+        let k = response_key("t", "m", "u", "resp_1");
+        assert!(k.starts_with("resp#") && k.len() == 5 + 64);
+        assert_ne!(k, response_key("t2", "m", "u", "resp_1"));
+        assert_ne!(k, response_key("t", "m2", "u", "resp_1"));
+        assert_ne!(k, response_key("t", "m", "u2", "resp_1"));
+        assert_ne!(k, response_key("t", "m", "u", "resp_2"));
+        assert!(!k.contains("resp_1"));
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub struct ConversationLink {
     continued: Option<String>,
     /// Set once the mapping for this request's conversation has been written or refreshed.
     recorded: bool,
+    /// This request's own response id's key (Responses API), mapped to the conversation
+    /// as soon as Dify names it.
+    response: Option<String>,
     pending: Vec<JoinHandle<()>>,
     warned: Arc<AtomicBool>,
 }
@@ -34,6 +37,7 @@ impl ConversationLink {
             user: user.to_string(),
             continued: None,
             recorded: false,
+            response: None,
             pending: Vec::new(),
             warned: Arc::new(AtomicBool::new(false)),
         }
@@ -42,7 +46,9 @@ impl ConversationLink {
     /// The store key this request's conversation was looked up under, if any.
     fn lookup_key(&self) -> Option<&str> {
         match &self.thread {
-            Thread::Chat { key } | Thread::History { lookup: Some(key) } => Some(key),
+            Thread::Chat { key }
+            | Thread::History { lookup: Some(key) }
+            | Thread::Response { key } => Some(key),
             _ => None,
         }
     }
@@ -56,6 +62,23 @@ impl ConversationLink {
             Err(e) => warn_once(&self.warned, "look up the conversation", &e),
         }
         self.continued.clone()
+    }
+
+    /// Maps this request's response (the store key of its id) to its conversation too, so
+    /// a later request can continue it with `previous_response_id`.
+    pub fn record_response(&mut self, key: String) {
+        self.response = Some(key);
+    }
+
+    /// Looks up the stored conversation, reporting a failing store instead of treating
+    /// it as "none": for an explicit handle (`previous_response_id`) a new conversation
+    /// would silently lose the context the client asked for.
+    pub async fn lookup_strict(&mut self) -> Result<Option<String>, StoreError> {
+        let Some(key) = self.lookup_key().map(str::to_string) else {
+            return Ok(None);
+        };
+        self.continued = self.store.get(&key).await?;
+        Ok(self.continued.clone())
     }
 
     /// Dify no longer has the stored conversation: forget it so the retry starts fresh.
@@ -80,6 +103,18 @@ impl ConversationLink {
             return;
         }
         self.recorded = true;
+        if let Some(key) = self.response.clone() {
+            let (store, id, warned) = (
+                self.store.clone(),
+                conversation.to_string(),
+                self.warned.clone(),
+            );
+            self.pending.push(tokio::spawn(async move {
+                if let Err(e) = store.put(&key, &id).await {
+                    warn_once(&warned, "store the response's conversation", &e);
+                }
+            }));
+        }
         let Thread::Chat { key } = &self.thread else {
             return;
         };

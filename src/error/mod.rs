@@ -43,6 +43,18 @@ pub enum ApiError {
         model: String,
         error: DifyError,
     },
+    /// `previous_response_id` names no response this caller may continue (unknown,
+    /// expired, `store: false`, another key, user or model, or gone from Dify).
+    PreviousResponseNotFound {
+        id: String,
+    },
+    /// The conversation store failed where continuing needs it.
+    StoreUnavailable,
+    /// A route of the OpenAI API that this proxy deliberately does not offer.
+    NotSupported {
+        what: String,
+        why: String,
+    },
 }
 
 impl ApiError {
@@ -130,7 +142,7 @@ impl From<&ApiError> for ClientError {
                 StatusCode::NOT_FOUND,
                 "invalid_request_error",
                 Some("unknown_url"),
-                format!("Unknown path {path}. This server offers GET /v1/models and POST /v1/chat/completions."),
+                format!("Unknown path {path}. This server offers GET /v1/models, POST /v1/chat/completions and POST /v1/responses."),
             ),
             ApiError::MethodNotAllowed { method, path } => ClientError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -151,6 +163,37 @@ impl From<&ApiError> for ClientError {
                 format!("The request body is larger than the limit of {limit} bytes."),
             ),
             ApiError::Dify { model, error } => dify::from_dify(model, error, false),
+            ApiError::PreviousResponseNotFound { id } => {
+                let mut c = ClientError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    Some("previous_response_not_found"),
+                    format!(
+                        "Previous response with id '{id}' not found. A response can be continued by the API key, user and model that created it, while it is kept (stored responses expire; `store: false` keeps none)."
+                    ),
+                );
+                c.body.error.param = Some("previous_response_id".to_string());
+                c.no_retry()
+            }
+            ApiError::StoreUnavailable => {
+                let mut c = ClientError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    Some("conversation_store_unavailable"),
+                    "The conversation store is unavailable, so `previous_response_id` cannot be looked up right now. Retry shortly."
+                        .to_string(),
+                );
+                c.should_retry = Some(true);
+                c.retry_after = Some("1".to_string());
+                c
+            }
+            ApiError::NotSupported { what, why } => ClientError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "invalid_request_error",
+                Some("unsupported"),
+                format!("{what} is not supported by this proxy: {why}"),
+            )
+            .no_retry(),
         }
     }
 }

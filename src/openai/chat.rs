@@ -228,7 +228,7 @@ pub fn content_text(parts: Vec<Content>) -> String {
 }
 
 /// A file as its own Markdown paragraph, so chat UIs show images inline.
-fn file_markdown(kind: FileKind, url: &str) -> String {
+pub(crate) fn file_markdown(kind: FileKind, url: &str) -> String {
     match kind {
         FileKind::Image => format!("\n\n![image]({url})\n\n"),
         FileKind::Other => format!("\n\n[file]({url})\n\n"),

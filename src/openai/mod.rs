@@ -6,3 +6,6 @@ pub mod chat;
 pub mod types;
 
 pub use types::*;
+/// The Responses API: the event sequence for streaming clients, one response object for
+/// the others.
+pub mod responses;

@@ -1,5 +1,5 @@
 //! Proxy key check, in constant time, on every route. The matched key's model allow-list
-//! travels with the request as a [`ModelAccess`] extension.
+//! and tenant travel with the request as [`ModelAccess`] and [`Tenant`] extensions.
 
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
@@ -7,7 +7,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
-use crate::config::{Auth, ModelAccess};
+use crate::config::{Auth, ModelAccess, Tenant};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -18,6 +18,7 @@ pub async fn require_key(
 ) -> Response {
     let Auth::Keys(keys) = &state.config().auth else {
         request.extensions_mut().insert(ModelAccess::all());
+        request.extensions_mut().insert(Tenant::open());
         return next.run(request).await;
     };
     let presented = request
@@ -31,6 +32,7 @@ pub async fn require_key(
         Some(i) => {
             // An Arc clone: the allow-list itself is shared, never copied per request.
             request.extensions_mut().insert(keys[i].models.clone());
+            request.extensions_mut().insert(keys[i].tenant.clone());
             next.run(request).await
         }
         None => ApiError::Unauthorized.into_response(),

@@ -2,18 +2,20 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 
 use super::answer::AnswerRun;
 use crate::answer::Accumulator;
 use crate::dify::EventStream;
-use crate::openai::chat::{ChunkMeta, completion, content_text};
+use crate::openai::chat::content_text;
 
-/// Reads the answer to its end and answers with one `chat.completion`, or the error that
-/// ended it. If the client disconnects, axum drops this future and the task stops.
-pub async fn complete_answer(
+/// Reads the answer to its end and answers with the JSON `encode` makes of it (the
+/// answer, and its content as one text), or the error that ended it. If the client
+/// disconnects, axum drops this future and the task stops.
+pub async fn complete_answer<T: Serialize>(
     mut upstream: EventStream,
-    meta: ChunkMeta,
     mut run: AnswerRun,
+    encode: impl FnOnce(&Accumulator, String) -> T,
 ) -> Response {
     let mut answer = Accumulator::new();
     let mut items = Vec::new();
@@ -35,12 +37,12 @@ pub async fn complete_answer(
     // Sized for the text up front: a buffer grown by doubling would briefly hold up to
     // three copies of a large answer, next to the answer itself.
     let mut body = Vec::with_capacity(content.len() + 1024);
-    let completion = completion(&meta, &answer, content);
-    if serde_json::to_writer(&mut body, &completion).is_err() {
+    let value = encode(&answer, content);
+    if serde_json::to_writer(&mut body, &value).is_err() {
         // Our own types always serialize; never a panic all the same.
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
-    drop(completion);
+    drop(value);
     (
         StatusCode::OK,
         [(

@@ -13,17 +13,17 @@ use super::extract::OpenAiJson;
 use super::models::visible_models;
 use super::stream::stream_answer;
 use crate::answer::DifyDecoder;
-use crate::config::ModelAccess;
+use crate::config::{ModelAccess, ModelConfig};
 use crate::conversation::{ConversationLink, thread_for};
-use crate::dify::{DifyError, RunningTask};
+use crate::dify::{DifyError, EventStream, RunningTask};
 use crate::error::ApiError;
 use crate::openai::ChatCompletionRequest;
-use crate::openai::chat::{ChunkEncoder, ChunkMeta};
-use crate::plan::to_turn;
+use crate::openai::chat::{ChunkEncoder, ChunkMeta, completion};
+use crate::plan::{Turn, to_turn};
 use crate::state::AppState;
 
 /// Open WebUI's forwarded user header (sent with ENABLE_FORWARD_USER_INFO_HEADERS=true).
-const USER_HEADER: &str = "x-openwebui-user-id";
+pub(super) const USER_HEADER: &str = "x-openwebui-user-id";
 
 pub async fn create(
     State(state): State<AppState>,
@@ -33,17 +33,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let config = state.config();
-    let Some(model) = config.models.get(&request.model) else {
-        return Err(ApiError::ModelNotFound {
-            model: request.model.clone(),
-            available: visible_models(&state, &access),
-        });
-    };
-    if !access.allows(&request.model) {
-        return Err(ApiError::ModelNotAllowed {
-            model: request.model.clone(),
-        });
-    }
+    let model = allowed_model(&state, &access, &request.model)?;
     if request.messages.len() > config.max_messages {
         return Err(ApiError::bad_request(
             format!(
@@ -73,23 +63,16 @@ pub async fn create(
     let continued = link.lookup().await;
 
     let app_key = model.app_key.expose();
-    let mut dify_request = turn.chat_message(continued);
-    let mut result = state.dify().chat_stream(app_key, &dify_request).await;
-    if dify_request.conversation_id.is_some() && matches!(&result, Err(e) if conversation_gone(e)) {
-        // Deleted or expired in Dify: start over once, with the folded history, before
-        // anything has reached the client.
-        tracing::info!(model = %request.model, "Dify no longer has the stored conversation; starting a new one");
-        link.forget().await;
-        dify_request = turn.chat_message(None);
-        result = state.dify().chat_stream(app_key, &dify_request).await;
-    }
-    let upstream = result.map_err(|error| {
-        tracing::warn!(model = %request.model, error = %error.summary(), "Dify refused the request");
-        ApiError::Dify {
-            model: request.model.clone(),
-            error,
-        }
-    })?;
+    let upstream = start_answer(
+        &state,
+        app_key,
+        &request.model,
+        &turn,
+        &mut link,
+        continued,
+        Gone::StartOver,
+    )
+    .await?;
 
     let stream = request.stream.unwrap_or(false);
     let meta = ChunkMeta {
@@ -116,16 +99,92 @@ pub async fn create(
         let encoder = ChunkEncoder::new(meta).keep_visible_text(keep_text);
         stream_answer(upstream, encoder, run)
     } else {
-        complete_answer(upstream, meta, run).await
+        complete_answer(upstream, run, |answer, content| {
+            completion(&meta, answer, content)
+        })
+        .await
     })
+}
+
+/// The configured model `name`, if this caller may use it.
+pub(super) fn allowed_model<'a>(
+    state: &'a AppState,
+    access: &ModelAccess,
+    name: &str,
+) -> Result<&'a ModelConfig, ApiError> {
+    let Some(model) = state.config().models.get(name) else {
+        return Err(ApiError::ModelNotFound {
+            model: name.to_string(),
+            available: visible_models(state, access),
+        });
+    };
+    if !access.allows(name) {
+        return Err(ApiError::ModelNotAllowed {
+            model: name.to_string(),
+        });
+    }
+    Ok(model)
 }
 
 fn metadata_str<'a>(request: &'a ChatCompletionRequest, field: &str) -> Option<&'a str> {
     request.metadata.as_ref()?.get(field)?.as_str()
 }
 
+/// What to do when Dify no longer has the conversation a request continues.
+pub(super) enum Gone {
+    /// Start a new one with the folded history (chat ids, history digests).
+    StartOver,
+    /// Refuse: the client named this conversation (`previous_response_id`) and Dify
+    /// holds its context, which a new conversation would not have.
+    Refuse(ApiError),
+}
+
+/// Sends the turn to Dify (continuing `continued`, if any) and returns its event stream
+/// once Dify has accepted it: before that, every failure is an HTTP error.
+pub(super) async fn start_answer(
+    state: &AppState,
+    app_key: &str,
+    model: &str,
+    turn: &Turn,
+    link: &mut ConversationLink,
+    continued: Option<String>,
+    gone: Gone,
+) -> Result<EventStream, ApiError> {
+    let mut dify_request = turn.chat_message(continued);
+    let mut result = state.dify().chat_stream(app_key, &dify_request).await;
+    if dify_request.conversation_id.is_some() && matches!(&result, Err(e) if conversation_gone(e)) {
+        link.forget().await;
+        match gone {
+            Gone::Refuse(error) => {
+                tracing::info!(
+                    model,
+                    "Dify no longer has the conversation of the previous response"
+                );
+                return Err(error);
+            }
+            Gone::StartOver => {
+                // Deleted or expired in Dify: start over once, with the folded history,
+                // before anything has reached the client.
+                tracing::info!(
+                    model,
+                    "Dify no longer has the stored conversation; starting a new one"
+                );
+                dify_request = turn.chat_message(None);
+                result = state.dify().chat_stream(app_key, &dify_request).await;
+            }
+        }
+    }
+    result.map_err(|error| {
+        tracing::warn!(model, error = %error.summary(), "Dify refused the request");
+        ApiError::Dify {
+            model: model.to_string(),
+            error,
+        }
+    })
+}
+
 /// Dify's answers for a conversation that cannot be continued.
-fn conversation_gone(error: &DifyError) -> bool {
+pub(super) fn conversation_gone(error: &DifyError) -> bool {
     matches!(error, DifyError::Http { status: 404, code, .. } if code == "not_found")
         || matches!(error, DifyError::Http { code, .. } if code == "conversation_completed")
 }

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{ApiError, json_error_text};
 use crate::openai::ChatCompletionRequest;
+use crate::openai::responses::ResponsesRequest;
 use crate::state::AppState;
 
 /// A request body type, and how to describe it in errors about its shape.
@@ -19,6 +20,10 @@ pub trait JsonBody: DeserializeOwned {
 
 impl JsonBody for ChatCompletionRequest {
     const SHAPE: &'static str = "`model` and `messages`";
+}
+
+impl JsonBody for ResponsesRequest {
+    const SHAPE: &'static str = "`model` and `input`";
 }
 
 /// A parsed JSON request body.

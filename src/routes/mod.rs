@@ -14,6 +14,8 @@ mod error;
 mod extract;
 /// `GET /v1/models`.
 mod models;
+/// `POST /v1/responses`: the orchestration.
+mod responses;
 /// Streaming delivery: the pump from Dify to the response body.
 mod stream;
 
@@ -26,7 +28,7 @@ use std::time::Duration;
 use axum::http::{HeaderName, HeaderValue, Method, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 use crate::config::Cors;
@@ -44,6 +46,11 @@ pub fn app(state: AppState) -> Router {
             "/v1/chat/completions",
             post(chat::create).fallback(method_not_allowed),
         )
+        .route(
+            "/v1/responses",
+            post(responses::create).fallback(method_not_allowed),
+        )
+        .route("/v1/responses/{*rest}", any(responses::not_supported))
         .fallback(not_found)
         // Auth wraps the fallback too: without a key, unknown paths answer 401, not 404.
         .layer(middleware::from_fn_with_state(
@@ -61,7 +68,7 @@ pub fn app(state: AppState) -> Router {
 /// included, carries the allow-origin header and exposes the headers clients read.
 fn cors_layer(cors: &Cors) -> CorsLayer {
     let layer = CorsLayer::new()
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
         // Echoing the requested headers covers Authorization, which a bare `*` does not.
         .allow_headers(AllowHeaders::mirror_request())
         .expose_headers([

@@ -57,10 +57,21 @@ fn capture_logs() {
 }
 
 fn remember_prompts(body: &Value) {
-    let Some(messages) = body.get("messages").and_then(Value::as_array) else {
+    let mut prompts = PROMPTS.lock().unwrap_or_else(|e| e.into_inner());
+    // Responses API bodies: `input` as a string, or items like messages; `instructions`.
+    for field in ["input", "instructions"] {
+        if let Some(text) = body
+            .get(field)
+            .and_then(Value::as_str)
+            .filter(|t| t.len() >= 12)
+        {
+            prompts.insert(text.to_string());
+        }
+    }
+    let items = body.get("messages").or_else(|| body.get("input"));
+    let Some(messages) = items.and_then(Value::as_array) else {
         return;
     };
-    let mut prompts = PROMPTS.lock().unwrap_or_else(|e| e.into_inner());
     for m in messages {
         if let Some(text) = m
             .get("content")
@@ -214,6 +225,15 @@ impl TestApp {
         remember_prompts(body);
         self.client
             .post(format!("{}/v1/chat/completions", self.url))
+            .bearer_auth(PROXY_KEY)
+            .json(body)
+    }
+
+    /// `POST /v1/responses` with the main proxy key.
+    pub fn post_responses(&self, body: &Value) -> reqwest::RequestBuilder {
+        remember_prompts(body);
+        self.client
+            .post(format!("{}/v1/responses", self.url))
             .bearer_auth(PROXY_KEY)
             .json(body)
     }

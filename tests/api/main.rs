@@ -13,4 +13,5 @@ mod chat_stream;
 mod conversations;
 mod hardening;
 mod models;
+mod responses;
 mod stream_ends;

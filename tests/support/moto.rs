@@ -287,6 +287,19 @@ impl Moto {
             .item
     }
 
+    /// Every item of the table (to check what it holds).
+    pub async fn scan_raw(&self, table: &str) -> Vec<HashMap<String, AttributeValue>> {
+        self.client()
+            .scan()
+            .table_name(table)
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("Scan: {}", dbg_err(&e)))
+            .items
+            .unwrap_or_default()
+    }
+
     /// Writes an item as given, bypassing the store (to plant expired or odd items).
     pub async fn put_item_raw(&self, table: &str, item: HashMap<String, AttributeValue>) {
         self.client()

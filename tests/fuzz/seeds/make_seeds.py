@@ -83,6 +83,16 @@ def main():
         {"model": "m", "messages": [m("robot", "x")]},
         {"model": "m", "messages": []},
         {"model": "m", "messages": [m("user", "   ")], "stream": "yes"},
+        # Responses API bodies (the same target checks them as both APIs).
+        {"model": "m", "input": "Hello!", "instructions": "Be brief.", "store": False},
+        {"model": "m", "previous_response_id": "resp_1", "safety_identifier": "s", "input": [
+            m("developer", "Use French."), {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]},
+            {"type": "reasoning", "id": "rs_1", "summary": []},
+            {"id": "msg_1", "type": "message", "role": "assistant", "status": "completed",
+             "content": [{"type": "output_text", "text": "Hello!", "annotations": []}]}, m("user", "Again")]},
+        {"model": "m", "input": [{"type": "function_call_output", "call_id": "c", "output": "1"}], "tools": []},
+        {"model": "m", "input": [m("user", [{"type": "input_image", "image_url": "https://x/y.png"}])]},
+        {"model": "m", "input": "x", "tools": [{"type": "function", "name": "f"}], "background": True},
     ]
     for r in requests:
         put("request", json.dumps(r, ensure_ascii=False).encode())

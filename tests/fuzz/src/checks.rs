@@ -11,14 +11,48 @@ use opendify::dify::sse::{DecodeError, EventDecoder, decode_all};
 use opendify::dify::{DifyError, DifyEvent};
 use opendify::error::{ApiError, ClientError};
 use opendify::openai::chat::{ChunkEncoder, ChunkMeta, Output, completion, content_text};
+use opendify::openai::responses::ResponsesRequest;
 use opendify::openai::{ChatCompletionChunk, ChatCompletionRequest, FinishReason, UsageField};
 use opendify::plan::to_turn;
 use serde_json::Value;
 use url::Url;
 
 // ---------------------------------------------------------------------------------------
-// request: body bytes → ChatCompletionRequest → Turn → Dify query and thread key
+// request: body bytes → ChatCompletionRequest → Turn → Dify query and thread key; the same
+// bytes as a Responses API body → Turn
 // ---------------------------------------------------------------------------------------
+
+/// A Responses body: refused with a client error naming a field, or a turn with a
+/// non-empty message for a new or a continued conversation.
+fn responses_request(data: &[u8]) {
+    let Ok(request) = serde_json::from_slice::<ResponsesRequest>(data) else {
+        return;
+    };
+    if let Err(e) = opendify::plan::responses::check_supported(&request) {
+        check_client_error(&e);
+        return;
+    }
+    for continues in [false, true] {
+        match opendify::plan::responses::to_turn(&request, Some(" h "), continues) {
+            Ok(turn) => {
+                assert!(!turn.message.trim().is_empty(), "empty message accepted");
+                assert!(!turn.user.is_empty() && turn.user.trim() == turn.user);
+                if continues {
+                    assert!(turn.history.is_empty(), "a continued turn resends history");
+                }
+                let query = turn.chat_message(None).query;
+                assert!(query.ends_with(&turn.message));
+            }
+            Err(e) => {
+                assert!(
+                    matches!(e, ApiError::BadRequest { param: Some(_), .. }),
+                    "{e:?}"
+                );
+                check_client_error(&e);
+            }
+        }
+    }
+}
 
 /// The route's own body parsing.
 fn parse_like_the_route(bytes: &[u8]) -> Result<ChatCompletionRequest, ApiError> {
@@ -39,6 +73,7 @@ fn check_client_error(error: &ApiError) {
 }
 
 pub fn request(data: &[u8]) {
+    responses_request(data);
     let routed = parse_like_the_route(data);
     let plain = serde_json::from_slice::<ChatCompletionRequest>(data);
     // The route only adds checks (object, no trailing bytes) on top of serde.
@@ -131,6 +166,7 @@ pub fn request(data: &[u8]) {
                     }
                 }
                 Thread::Untracked => assert!(!history_matching && !has_chat_id),
+                Thread::Response { .. } => panic!("a chat request threaded by a response id"),
             }
             if !matches!(thread, Thread::Detached) {
                 assert!(!is_background_task(&turn.message));

@@ -1,5 +1,9 @@
 //! OpenAI request → Dify request: the new user message, the earlier turns, the end user,
-//! and the `/chat-messages` body they become. Pure.
+//! and the `/chat-messages` body they become. Pure. Chat completions here; the Responses
+//! API's input in `responses`.
+
+/// A Responses API request's `input` and `instructions` → a [`Turn`].
+pub mod responses;
 
 use serde_json::{Map, Value};
 

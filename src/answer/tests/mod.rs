@@ -1,5 +1,8 @@
 //! Every shared Dify transcript through the decoder and the chat-completions encoder, both
-//! streamed and aggregated, whole and re-split at every byte.
+//! streamed and aggregated, whole and re-split at every byte; the Responses encoder's
+//! share in `responses`.
+
+mod responses;
 
 use super::*;
 use crate::dify::sse::{DecodeError, EventDecoder, decode_all};

@@ -1,0 +1,236 @@
+//! The shared transcripts through the Responses encoder: the event sequence a streaming
+//! client parses, and the response object of a blocking one.
+
+use super::*;
+use crate::openai::responses::types::Status;
+use crate::openai::responses::{ResponseEncoder, ResponseMeta, output_text, response_object};
+use serde_json::json;
+
+fn meta() -> ResponseMeta {
+    ResponseMeta {
+        id: "resp_test".into(),
+        item_id: "msg_test".into(),
+        created_at: 1_767_225_600,
+        model: "my-app".into(),
+        instructions: Some("Be brief.".into()),
+        previous_response_id: None,
+        store: true,
+        temperature: None,
+        top_p: None,
+        max_output_tokens: None,
+        parallel_tool_calls: None,
+        metadata: serde_json::Map::new(),
+    }
+}
+
+fn stream(events: Vec<Result<DifyEvent, DecodeError>>) -> String {
+    let mut encoder = ResponseEncoder::new(meta());
+    let mut answer = Accumulator::without_content();
+    let mut buf = Vec::new();
+    encoder.start(&mut buf);
+    for piece in pieces(events) {
+        answer.apply(&piece);
+        encoder.encode(piece, &answer, &mut buf);
+    }
+    String::from_utf8(buf).unwrap()
+}
+
+/// The events as a client parses them: (`event:` name, data), checking on the way that
+/// the name and `type` agree and that `sequence_number` counts from 0 without a gap.
+fn events(sse: &str) -> (Vec<(String, Value)>, usize) {
+    let mut out = Vec::new();
+    let mut pings = 0;
+    for frame in sse.split("\n\n").filter(|f| !f.is_empty()) {
+        if frame == ": ping" {
+            pings += 1;
+            continue;
+        }
+        let (name, data) = frame
+            .strip_prefix("event: ")
+            .and_then(|f| f.split_once("\ndata: "))
+            .unwrap_or_else(|| panic!("not an event: {frame}"));
+        let data: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(data["type"], name, "{frame}");
+        assert_eq!(data["sequence_number"], out.len(), "{frame}");
+        out.push((name.to_string(), data));
+    }
+    (out, pings)
+}
+
+fn names(events: &[(String, Value)]) -> Vec<&str> {
+    events.iter().map(|(n, _)| n.as_str()).collect()
+}
+
+fn deltas(events: &[(String, Value)]) -> String {
+    events
+        .iter()
+        .filter(|(n, _)| n == "response.output_text.delta")
+        .map(|(_, d)| d["delta"].as_str().unwrap())
+        .collect()
+}
+
+/// The order of the reference, for an answer that completes.
+fn assert_sequence(events: &[(String, Value)], terminal: &str) {
+    let n = names(events);
+    assert_eq!(
+        n[..4],
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added"
+        ]
+    );
+    assert!(
+        n[4..n.len() - 4]
+            .iter()
+            .all(|e| *e == "response.output_text.delta"),
+        "{n:?}"
+    );
+    assert_eq!(
+        n[n.len() - 4..],
+        [
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            terminal
+        ]
+    );
+    for (name, data) in &events[..2] {
+        assert_eq!(data["response"]["status"], "in_progress", "{name}");
+        assert_eq!(data["response"]["output"], json!([]), "{name}");
+        assert_eq!(data["response"]["id"], "resp_test");
+    }
+    for (_, data) in &events[2..events.len() - 1] {
+        let id = data
+            .get("item_id")
+            .or_else(|| data.get("item").map(|i| &i["id"]));
+        assert_eq!(id, Some(&json!("msg_test")), "{data}");
+        assert_eq!(data["output_index"], 0);
+    }
+}
+
+#[test]
+fn transcripts_stream_as_the_reference_event_sequence() {
+    for &(name, answer, usage, _) in ANSWERS {
+        let (events, _) = events(&stream(decode_all(&fixture(name))));
+        assert_sequence(&events, "response.completed");
+        assert_eq!(deltas(&events), answer, "{name}");
+        let n = events.len();
+        assert_eq!(events[n - 4].1["text"], answer, "{name}");
+        assert_eq!(events[n - 3].1["part"]["text"], answer, "{name}");
+        let item = &events[n - 2].1["item"];
+        assert_eq!(item["status"], "completed");
+        assert_eq!(item["content"][0]["text"], answer);
+        let done = &events[n - 1].1["response"];
+        assert_eq!(done["status"], "completed", "{name}");
+        assert_eq!(done["output"][0], *item);
+        assert_eq!(done["instructions"], "Be brief.");
+        assert_eq!(
+            (
+                done["usage"]["input_tokens"].as_u64().unwrap(),
+                done["usage"]["output_tokens"].as_u64().unwrap(),
+                done["usage"]["total_tokens"].as_u64().unwrap()
+            ),
+            usage,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn transcripts_aggregate_into_one_response_object() {
+    for &(name, answer, usage, _) in ANSWERS {
+        let mut acc = Accumulator::new();
+        for piece in pieces(decode_all(&fixture(name))) {
+            acc.apply(&piece);
+        }
+        let text = output_text(acc.take_content());
+        let v = serde_json::to_value(response_object(&meta(), &acc, text)).unwrap();
+        assert_eq!(v["object"], "response");
+        assert_eq!(v["status"], "completed", "{name}");
+        assert_eq!(v["error"], Value::Null);
+        assert_eq!(v["output"][0]["type"], "message");
+        assert_eq!(v["output"][0]["role"], "assistant");
+        assert_eq!(v["output"][0]["content"][0]["type"], "output_text");
+        assert_eq!(v["output"][0]["content"][0]["text"], answer, "{name}");
+        assert_eq!(v["usage"]["total_tokens"], usage.2, "{name}");
+        assert_eq!(v["tools"], json!([]));
+    }
+}
+
+#[test]
+fn pings_stay_comments_between_events() {
+    let (events, pings) = events(&stream(decode_all(&fixture("chat-ping-keepalive.sse"))));
+    assert!(pings > 0);
+    assert_sequence(&events, "response.completed");
+}
+
+#[test]
+fn every_byte_split_gives_the_same_events() {
+    for &(name, ..) in ANSWERS {
+        let bytes = fixture(name);
+        let whole = stream(decode_all(&bytes));
+        let mut decoder = EventDecoder::new();
+        let mut items = Vec::new();
+        for b in &bytes {
+            decoder.push(std::slice::from_ref(b), &mut items);
+        }
+        decoder.finish(&mut items);
+        assert_eq!(stream(items), whole, "{name}");
+    }
+}
+
+#[test]
+fn a_moderated_answer_ends_incomplete_with_the_replacement() {
+    let bytes = fixture("chat-message-replace.sse");
+    let (events, _) = events(&stream(decode_all(&bytes)));
+    assert_sequence(&events, "response.incomplete");
+    let last = &events.last().unwrap().1["response"];
+    assert_eq!(last["status"], "incomplete");
+    assert_eq!(last["incomplete_details"]["reason"], "content_filter");
+    let text = deltas(&events);
+    assert_eq!(last["output"][0]["content"][0]["text"], text.as_str());
+
+    let mut acc = Accumulator::new();
+    for piece in pieces(decode_all(&bytes)) {
+        acc.apply(&piece);
+    }
+    let content = output_text(acc.take_content());
+    let v = serde_json::to_value(response_object(&meta(), &acc, content)).unwrap();
+    assert_eq!(v["status"], "incomplete");
+    assert!(text.ends_with(v["output"][0]["content"][0]["text"].as_str().unwrap()));
+}
+
+#[test]
+fn a_midstream_error_fails_the_response_and_keeps_the_text_so_far() {
+    for name in ["chat-error-midstream.sse", "chatflow-failed-stream.sse"] {
+        let (events, _) = events(&stream(decode_all(&fixture(name))));
+        let n = names(&events);
+        assert_eq!(n[n.len() - 2..], ["error", "response.failed"], "{name}");
+        let error = &events[n.len() - 2].1;
+        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
+        let failed = &events[n.len() - 1].1["response"];
+        assert_eq!(failed["status"], "failed");
+        assert_eq!(failed["error"]["code"], error["code"]);
+        assert_eq!(failed["error"]["message"], error["message"]);
+        assert_eq!(failed["output"][0]["status"], "incomplete");
+        assert_eq!(
+            failed["output"][0]["content"][0]["text"],
+            deltas(&events).as_str()
+        );
+    }
+    // A stream cut short is a failure too, never a short answer that looks complete.
+    let bytes = fixture("chat-app-stream.sse");
+    let (events, _) = events(&stream(decode_all(&bytes[..bytes.len() / 2])));
+    assert_eq!(names(&events).last(), Some(&"response.failed"));
+    assert!(!names(&events).contains(&"response.completed"));
+}
+
+#[test]
+fn status_names_are_the_wire_names() {
+    assert_eq!(
+        serde_json::to_value([Status::InProgress, Status::Incomplete]).unwrap(),
+        json!(["in_progress", "incomplete"])
+    );
+}
