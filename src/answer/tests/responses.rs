@@ -210,6 +210,9 @@ fn a_midstream_error_fails_the_response_and_keeps_the_text_so_far() {
         assert_eq!(n[n.len() - 2..], ["error", "response.failed"], "{name}");
         let error = &events[n.len() - 2].1;
         assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
+        // Nested too: the official SDKs raise on a truthy `error` key.
+        assert_eq!(error["error"]["message"], error["message"]);
+        assert_eq!(error["error"]["code"], error["code"]);
         let failed = &events[n.len() - 1].1["response"];
         assert_eq!(failed["status"], "failed");
         assert_eq!(failed["error"]["code"], error["code"]);

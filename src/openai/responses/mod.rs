@@ -219,7 +219,7 @@ impl ResponseEncoder {
         let mut object = self.meta.object(Status::Failed, vec![item]);
         object.error = Some(ResponseError::from(error));
         // The `error` event is what the SDKs raise on; `response.failed` closes the
-        // response for clients that wait for a terminal event.
+        // response for clients that read on to a terminal event.
         write_event(
             &mut self.sequence,
             "error",
@@ -227,6 +227,7 @@ impl ResponseEncoder {
                 code: error.code.as_deref(),
                 message: &error.message,
                 param: error.param.as_deref(),
+                error,
             },
             buf,
         );

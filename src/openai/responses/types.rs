@@ -168,10 +168,14 @@ pub enum EventData<'a> {
         text: &'a str,
         logprobs: [(); 0],
     },
+    /// The flat fields are the SDKs' typed `ResponseErrorEvent`; the nested `error` is
+    /// what makes the official SDKs raise (they raise on a truthy `error` key), as they
+    /// do for a chat-completions error mid-stream.
     Error {
         code: Option<&'a str>,
         message: &'a str,
         param: Option<&'a str>,
+        error: &'a ErrorObject,
     },
 }
 
