@@ -98,8 +98,9 @@ pub struct ProxyKey {
     pub tenant: Tenant,
 }
 
-/// Which proxy key a request came with, as a digest of the key: response ids are scoped
-/// to it, so the callers of one key never continue another key's conversations.
+/// Which proxy key a request came with, as a digest of the key: every conversation store
+/// key starts from it, so the callers of one key never continue another key's
+/// conversations (same user, chat id or history notwithstanding).
 #[derive(Debug, Clone)]
 pub struct Tenant(Arc<str>);
 
@@ -111,7 +112,7 @@ impl Tenant {
 
     pub fn of_key(key: &str) -> Self {
         use sha2::{Digest, Sha256};
-        let digest = Sha256::digest(key.as_bytes());
+        let digest = Sha256::digest(format!("opendify-tenant\0{key}").as_bytes());
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         Self(Arc::from(format!("key:{hex}")))
     }

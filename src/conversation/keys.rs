@@ -1,7 +1,9 @@
 //! The store keys for a chat id or for the conversation so far, and the requests that must
 //! stay out of any conversation. Pure functions; the store itself is I/O in `crate::store`.
 //!
-//! Keys are SHA-256 digests, so the table holds no user id, chat id or message text.
+//! Keys are SHA-256 digests, so the table holds no user id, chat id or message text. Every
+//! key starts from the caller's tenant (a digest of its proxy key): callers with different
+//! keys never reach each other's conversations, whatever user, chat id or history they send.
 
 use sha2::{Digest, Sha256};
 
@@ -33,6 +35,7 @@ pub fn is_background_task(message: &str) -> bool {
 
 /// Decides how a request is threaded.
 pub fn thread_for(
+    tenant: &str,
     model: &str,
     user: &str,
     chat_id: Option<&str>,
@@ -45,21 +48,23 @@ pub fn thread_for(
     }
     match chat_id.map(str::trim).filter(|c| !c.is_empty()) {
         Some(chat_id) => Thread::Chat {
-            key: chat_key(model, user, chat_id),
+            key: chat_key(tenant, model, user, chat_id),
         },
         None if history_matching => Thread::History {
-            lookup: (!history.is_empty())
-                .then(|| history_key(model, user, history.iter().map(|(r, t)| (*r, t.as_str())))),
+            lookup: (!history.is_empty()).then(|| {
+                let messages = history.iter().map(|(r, t)| (*r, t.as_str()));
+                history_key(tenant, model, user, messages)
+            }),
         },
         None => Thread::Untracked,
     }
 }
 
-/// Key for (model, user, chat id). Each part is length-prefixed so no two different
-/// triples can produce the same input.
-pub fn chat_key(model: &str, user: &str, chat_id: &str) -> String {
+/// Key for (tenant, model, user, chat id). Each part is length-prefixed so no two
+/// different tuples can produce the same input.
+pub fn chat_key(tenant: &str, model: &str, user: &str, chat_id: &str) -> String {
     let mut h = Sha256::new();
-    for part in [model, user, chat_id] {
+    for part in [tenant, model, user, chat_id] {
         absorb(&mut h, part);
     }
     format!("chat#{}", hex(&h.finalize()))
@@ -75,17 +80,19 @@ pub fn response_key(tenant: &str, model: &str, user: &str, response_id: &str) ->
     format!("resp#{}", hex(&h.finalize()))
 }
 
-/// Key for (model, user, messages). Messages are normalised so that cosmetic differences
+/// Key for (tenant, model, user, messages). Messages are normalised so that cosmetic differences
 /// a client may introduce when it sends the history back do not break the match:
 /// whitespace runs count as one space, leading and trailing whitespace is ignored, and
 /// `developer` counts as `system` (Open WebUI renames one to the other per model). Empty
 /// messages are skipped, as they are when folding.
 pub fn history_key<'a>(
+    tenant: &str,
     model: &str,
     user: &str,
     messages: impl Iterator<Item = (Role, &'a str)>,
 ) -> String {
     let mut h = Sha256::new();
+    absorb(&mut h, tenant);
     absorb(&mut h, model);
     absorb(&mut h, user);
     for (role, text) in messages {
@@ -126,7 +133,7 @@ mod tests {
     use super::*;
 
     fn h(messages: &[(Role, &str)]) -> String {
-        history_key("m", "u", messages.iter().copied())
+        history_key("t", "m", "u", messages.iter().copied())
     }
 
     #[test]
@@ -142,19 +149,26 @@ mod tests {
 
     #[test]
     fn chat_keys_separate_model_user_and_chat() {
-        let k = chat_key("m", "u", "c");
+        let k = chat_key("t", "m", "u", "c");
         assert!(k.starts_with("chat#") && k.len() == 5 + 64);
-        assert_ne!(k, chat_key("m2", "u", "c"));
-        assert_ne!(k, chat_key("m", "u2", "c"));
-        assert_ne!(k, chat_key("m", "u", "c2"));
+        assert_ne!(k, chat_key("t2", "m", "u", "c"));
+        assert_ne!(k, chat_key("t", "m2", "u", "c"));
+        assert_ne!(k, chat_key("t", "m", "u2", "c"));
+        assert_ne!(k, chat_key("t", "m", "u", "c2"));
         // Length prefixes: shifting a boundary changes the key.
-        assert_ne!(chat_key("ab", "c", "d"), chat_key("a", "bc", "d"));
+        assert_ne!(chat_key("t", "ab", "c", "d"), chat_key("t", "a", "bc", "d"));
     }
 
     /// The digest as first defined (the normalised text built, then absorbed): hashing in
     /// place must give the same keys, or every stored mapping would stop matching.
-    fn reference_history_key(model: &str, user: &str, messages: &[(Role, &str)]) -> String {
+    fn reference_history_key(
+        tenant: &str,
+        model: &str,
+        user: &str,
+        messages: &[(Role, &str)],
+    ) -> String {
         let mut h = Sha256::new();
+        absorb(&mut h, tenant);
         absorb(&mut h, model);
         absorb(&mut h, user);
         for (role, text) in messages {
@@ -186,8 +200,8 @@ mod tests {
         ];
         for messages in cases {
             assert_eq!(
-                history_key("m", "u", messages.iter().copied()),
-                reference_history_key("m", "u", messages),
+                history_key("t", "m", "u", messages.iter().copied()),
+                reference_history_key("t", "m", "u", messages),
                 "{messages:?}"
             );
         }
@@ -197,8 +211,9 @@ mod tests {
     fn keys_hold_digests_not_ids_or_text() {
         // The table must not hold who chatted or what was said: only a fixed prefix and
         // 64 hex digits, none of the ids or words that went in.
-        let chat = chat_key("my-app", "alice@example.com", "chat-7f3-quartz");
+        let chat = chat_key("t", "my-app", "alice@example.com", "chat-7f3-quartz");
         let hist = history_key(
+            "t",
             "my-app",
             "alice@example.com",
             [(Role::User, "quartz pyramid")].into_iter(),
@@ -254,8 +269,13 @@ mod tests {
             h(&[(Role::User, "x")])
         );
         assert_ne!(
-            history_key("m", "u", std::iter::once((Role::User, "x"))),
-            history_key("m", "v", std::iter::once((Role::User, "x")))
+            history_key("t", "m", "u", std::iter::once((Role::User, "x"))),
+            history_key("t", "m", "v", std::iter::once((Role::User, "x")))
+        );
+        // Another proxy key never reaches the same mapping.
+        assert_ne!(
+            history_key("t", "m", "u", std::iter::once((Role::User, "x"))),
+            history_key("t2", "m", "u", std::iter::once((Role::User, "x")))
         );
     }
 
@@ -267,6 +287,7 @@ mod tests {
         ];
         assert_eq!(
             thread_for(
+                "t",
                 "m",
                 "u",
                 Some("c1"),
@@ -277,18 +298,18 @@ mod tests {
             Thread::Detached
         );
         assert!(
-            matches!(thread_for("m", "u", Some(" c1 "), &history, "next", true), Thread::Chat { key } if key == chat_key("m", "u", "c1"))
+            matches!(thread_for("t", "m", "u", Some(" c1 "), &history, "next", true), Thread::Chat { key } if key == chat_key("t", "m", "u", "c1"))
         );
         assert!(matches!(
-            thread_for("m", "u", Some(""), &[], "first", true),
+            thread_for("t", "m", "u", Some(""), &[], "first", true),
             Thread::History { lookup: None }
         ));
         assert!(matches!(
-            thread_for("m", "u", None, &history, "next", true),
+            thread_for("t", "m", "u", None, &history, "next", true),
             Thread::History { lookup: Some(_) }
         ));
         assert_eq!(
-            thread_for("m", "u", None, &history, "next", false),
+            thread_for("t", "m", "u", None, &history, "next", false),
             Thread::Untracked
         );
     }

@@ -15,6 +15,7 @@ use crate::store::{ConversationStore, PutOutcome, StoreError};
 pub struct ConversationLink {
     store: Arc<dyn ConversationStore>,
     thread: Thread,
+    tenant: String,
     model: String,
     user: String,
     /// The conversation this request continues (from the store), if any.
@@ -29,10 +30,17 @@ pub struct ConversationLink {
 }
 
 impl ConversationLink {
-    pub fn new(store: Arc<dyn ConversationStore>, thread: Thread, model: &str, user: &str) -> Self {
+    pub fn new(
+        store: Arc<dyn ConversationStore>,
+        thread: Thread,
+        tenant: &str,
+        model: &str,
+        user: &str,
+    ) -> Self {
         Self {
             store,
             thread,
+            tenant: tenant.to_string(),
             model: model.to_string(),
             user: user.to_string(),
             continued: None,
@@ -167,7 +175,7 @@ impl ConversationLink {
             .iter()
             .map(|(r, t)| (*r, t.as_str()))
             .chain([(Role::User, message), (Role::Assistant, answer)]);
-        let key = history_key(&self.model, &self.user, messages);
+        let key = history_key(&self.tenant, &self.model, &self.user, messages);
         let (store, id, warned) = (
             self.store.clone(),
             conversation.to_string(),

@@ -13,7 +13,7 @@ use super::extract::OpenAiJson;
 use super::models::visible_models;
 use super::stream::stream_answer;
 use crate::answer::DifyDecoder;
-use crate::config::{ModelAccess, ModelConfig};
+use crate::config::{ModelAccess, ModelConfig, Tenant};
 use crate::conversation::{ConversationLink, thread_for};
 use crate::dify::{DifyError, EventStream, RunningTask};
 use crate::error::ApiError;
@@ -28,6 +28,7 @@ pub(super) const USER_HEADER: &str = "x-openwebui-user-id";
 pub async fn create(
     State(state): State<AppState>,
     Extension(access): Extension<ModelAccess>,
+    Extension(tenant): Extension<Tenant>,
     headers: HeaderMap,
     OpenAiJson(request): OpenAiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
@@ -52,6 +53,7 @@ pub async fn create(
         .and_then(|v| v.to_str().ok())
         .or_else(|| metadata_str(&request, "chat_id"));
     let thread = thread_for(
+        tenant.as_str(),
         &request.model,
         &turn.user,
         chat_id,
@@ -59,7 +61,13 @@ pub async fn create(
         &turn.message,
         config.history_matching,
     );
-    let mut link = ConversationLink::new(state.store(), thread, &request.model, &turn.user);
+    let mut link = ConversationLink::new(
+        state.store(),
+        thread,
+        tenant.as_str(),
+        &request.model,
+        &turn.user,
+    );
     let continued = link.lookup().await;
 
     let app_key = model.app_key.expose();

@@ -70,6 +70,7 @@ pub async fn create(
                     metadata.get("chat_id")?.as_str()
                 });
             let thread = thread_for(
+                tenant.as_str(),
                 &request.model,
                 &turn.user,
                 chat_id,
@@ -80,7 +81,13 @@ pub async fn create(
             (thread, Gone::StartOver)
         }
     };
-    let mut link = ConversationLink::new(state.store(), thread, &request.model, &turn.user);
+    let mut link = ConversationLink::new(
+        state.store(),
+        thread,
+        tenant.as_str(),
+        &request.model,
+        &turn.user,
+    );
     let continued = match previous {
         Some(id) => match link.lookup_strict().await {
             Ok(Some(conversation)) => Some(conversation),

@@ -40,6 +40,13 @@ async fn send(
         .to_string()
 }
 
+/// The tenant of the main test key (every store key starts from it).
+fn tenant() -> String {
+    opendify::config::Tenant::of_key(PROXY_KEY)
+        .as_str()
+        .to_string()
+}
+
 async fn stored(table: &str, key: &str) -> Option<String> {
     let item = Moto::shared().await.get_item_raw(table, key).await?;
     item.get("conversation_id")
@@ -70,7 +77,7 @@ async fn continues_by_chat_id_header_sending_only_the_new_message() {
     assert_eq!(reqs[1].conversation_id(), Some(conversation.as_str()));
     assert_eq!(reqs[1].query(), Some("What is my name?"));
     assert_eq!(
-        stored(&table, &chat_key(MODEL, "opendify", "chat-1")).await,
+        stored(&table, &chat_key(&tenant(), MODEL, "opendify", "chat-1")).await,
         Some(conversation)
     );
 }
@@ -195,7 +202,7 @@ async fn concurrent_first_turns_end_with_one_mapping() {
         4,
         "each first turn made its own Dify conversation"
     );
-    let winner = stored(&table, &chat_key(MODEL, "opendify", "race"))
+    let winner = stored(&table, &chat_key(&tenant(), MODEL, "opendify", "race"))
         .await
         .expect("one mapping");
     assert!(created.contains(&winner));
@@ -327,7 +334,7 @@ async fn deleted_upstream_conversation_recovers_with_a_normal_answer() {
         body["stream"] = json!(stream);
         if stream {
             // Delete again so the streaming path meets the 404 too.
-            let current = stored(&table, &chat_key(MODEL, "opendify", "c-del"))
+            let current = stored(&table, &chat_key(&tenant(), MODEL, "opendify", "c-del"))
                 .await
                 .unwrap();
             assert!(app.dify.delete_conversation(&current));
@@ -353,7 +360,7 @@ async fn deleted_upstream_conversation_recovers_with_a_normal_answer() {
         Some("User: first\n\nAssistant: fine\n\nUser: second")
     );
     assert_eq!(reqs.len(), 5);
-    let now = stored(&table, &chat_key(MODEL, "opendify", "c-del"))
+    let now = stored(&table, &chat_key(&tenant(), MODEL, "opendify", "c-del"))
         .await
         .unwrap();
     assert_ne!(now, old);
@@ -375,7 +382,7 @@ async fn open_webui_background_tasks_stay_out_of_the_conversation() {
         None,
     )
     .await;
-    let key = chat_key(MODEL, "opendify", "c-task");
+    let key = chat_key(&tenant(), MODEL, "opendify", "c-task");
     let before = stored(&table, &key).await.unwrap();
     let task = "### Task:\nGenerate a concise, 3-5 word title for the chat history.\n<chat_history>\nUSER: Plan my trip\n</chat_history>";
     send(&app, turn(MODEL, &[("user", task)]), Some("c-task"), None).await;
@@ -425,7 +432,7 @@ async fn mappings_carry_a_ttl_that_is_refreshed_on_use() {
         .set(APP_KEY, Scenario::answer_with_conversations("ok"));
     send(&app, turn(MODEL, &[("user", "a")]), Some("c-ttl"), None).await;
     let moto = Moto::shared().await;
-    let key = chat_key(MODEL, "opendify", "c-ttl");
+    let key = chat_key(&tenant(), MODEL, "opendify", "c-ttl");
     let item = moto.get_item_raw(&table, &key).await.unwrap();
     let now = opendify::unix_now();
     let expires = number(&item, "expires_at");
@@ -466,7 +473,7 @@ async fn abandoned_stream_still_maps_its_conversation() {
         .wait_for_stop(Duration::from_secs(10))
         .await
         .expect("stopped");
-    let key = chat_key(MODEL, "opendify", "c-abandon");
+    let key = chat_key(&tenant(), MODEL, "opendify", "c-abandon");
     let mut mapped = None;
     for _ in 0..50 {
         mapped = stored(&table, &key).await;
@@ -479,4 +486,67 @@ async fn abandoned_stream_still_maps_its_conversation() {
         mapped.is_some(),
         "the first frame's conversation id was stored"
     );
+}
+
+/// Sends `body` with proxy key `key` (and the chat id, if any); returns the answer.
+async fn send_as(app: &TestApp, key: &str, body: &Value, chat_id: Option<&str>) -> String {
+    let mut req = app
+        .client
+        .post(format!("{}/v1/chat/completions", app.url))
+        .bearer_auth(key)
+        .json(body);
+    if let Some(c) = chat_id {
+        req = req.header("X-OpenWebUI-Chat-Id", c);
+    }
+    let r = req.send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn two_proxy_keys_never_share_a_conversation() {
+    // Same model, no `user` (both are Dify's default user), same chat id, same history:
+    // only the proxy key differs. Key B must not continue key A's Dify conversation.
+    let (app, _) = spawn_app_dynamo(&[]).await;
+    app.dify
+        .set(APP_KEY, Scenario::answer_with_conversations("Noted, Ada."));
+    let first = turn(MODEL, &[("user", "My secret word is quartz.")]);
+    for chat_id in [Some("shared-chat"), None] {
+        let answer = send_as(&app, PROXY_KEY, &first, chat_id).await;
+        let second = turn(
+            MODEL,
+            &[
+                ("user", "My secret word is quartz."),
+                ("assistant", &answer),
+                ("user", "What is my secret word?"),
+            ],
+        );
+        send_as(&app, "sk-another-key", &second, chat_id).await;
+        // Key A itself still continues its own conversation.
+        send_as(&app, PROXY_KEY, &second, chat_id).await;
+    }
+    let reqs = app.dify.requests();
+    assert_eq!(reqs.len(), 6);
+    for (i, chat) in [(0, "chat id"), (3, "history digest")] {
+        assert_eq!(reqs[i].conversation_id(), None);
+        let a = app.dify.conversation_ids(APP_KEY, "opendify");
+        assert_eq!(
+            reqs[i + 1].conversation_id(),
+            None,
+            "key B continued key A's conversation by {chat}: {a:?}"
+        );
+        assert!(
+            reqs[i + 1].query().unwrap().contains("quartz"),
+            "key B's new conversation gets its own history folded"
+        );
+        assert!(
+            reqs[i + 2].conversation_id().is_some(),
+            "key A lost its conversation ({chat})"
+        );
+        assert_eq!(reqs[i + 2].query(), Some("What is my secret word?"));
+    }
 }

@@ -144,6 +144,7 @@ pub fn request(data: &[u8]) {
 
         for history_matching in [true, false] {
             let thread = thread_for(
+                "tenant",
                 &request.model,
                 &turn.user,
                 chat_id,
