@@ -9,9 +9,14 @@ use sha2::{Digest, Sha256};
 
 use crate::openai::Role;
 
-/// Open WebUI's background tasks (title, tags, follow-ups, queries) start their prompt
-/// with this. They reuse the chat id but must not become turns of the user's conversation.
+/// Open WebUI's background tasks (title, tags, follow-ups, search queries, autocomplete,
+/// image prompts) start their prompt with this and quote the chat in a `<chat_history>`
+/// block. They reuse the chat id but must not become turns of the user's conversation.
+/// Its RAG template (a user turn with a file, a knowledge base or web results) starts with
+/// the same heading but quotes no chat history: that is a real turn.
 const TASK_PREFIX: &str = "### Task:";
+const HISTORY_OPEN: &str = "<chat_history>";
+const HISTORY_CLOSE: &str = "</chat_history>";
 
 /// What identifies the conversation a request belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +35,11 @@ pub enum Thread {
 }
 
 pub fn is_background_task(message: &str) -> bool {
-    message.trim_start().starts_with(TASK_PREFIX)
+    let message = message.trim_start();
+    message.starts_with(TASK_PREFIX)
+        && message
+            .find(HISTORY_OPEN)
+            .is_some_and(|open| message[open..].contains(HISTORY_CLOSE))
 }
 
 /// Decides how a request is threaded.
@@ -277,6 +286,27 @@ mod tests {
             history_key("t", "m", "u", std::iter::once((Role::User, "x"))),
             history_key("t2", "m", "u", std::iter::once((Role::User, "x")))
         );
+    }
+
+    #[test]
+    fn background_tasks_are_told_from_rag_turns() {
+        // Shapes of Open WebUI's prompts, in our own words: a task quotes the chat in a
+        // <chat_history> block; a RAG turn carries sources and the user's question.
+        let title = "### Task:\nName this chat in a few words.\n### Chat History:\n<chat_history>\nUSER: Plan my trip\n</chat_history>";
+        let follow_ups = "  ### Task:\nSuggest follow-up questions.\n<chat_history>\nUSER: a\nASSISTANT: b\n</chat_history>\n";
+        let rag = "### Task:\nAnswer the question from the sources below, citing [id] where a source has one.\n\n<context>\n<source id=\"1\">Revenue rose 12%.</source>\n</context>\n\nWhat was the growth?";
+        let rag_with_query = "### Task:\nAnswer using the context.\n<context>\ntext of the file\n</context>\n<user_query>\nSummarise it\n</user_query>";
+        assert!(is_background_task(title));
+        assert!(is_background_task(follow_ups));
+        assert!(!is_background_task(rag));
+        assert!(!is_background_task(rag_with_query));
+        // Only an opened and closed history block counts, and only under the heading.
+        assert!(!is_background_task(
+            "### Task:\nsee </chat_history> then <chat_history>"
+        ));
+        assert!(!is_background_task(
+            "Please explain <chat_history>x</chat_history>"
+        ));
     }
 
     #[test]

@@ -550,3 +550,47 @@ async fn two_proxy_keys_never_share_a_conversation() {
         assert_eq!(reqs[i + 2].query(), Some("What is my secret word?"));
     }
 }
+
+#[tokio::test]
+async fn a_file_turn_in_open_webuis_rag_shape_stays_in_the_conversation() {
+    // Open WebUI puts a turn with an attached file (or knowledge, or web results) into its
+    // RAG template, which starts like a background task. It is a user turn: it must reach
+    // the chat's Dify conversation, file text included, and keep the mapping.
+    let (app, table) = spawn_app_dynamo(&[("CONVERSATION_HISTORY_MATCHING", "false")]).await;
+    app.dify.set(
+        APP_KEY,
+        Scenario::answer_with_conversations("Revenue grew 12%."),
+    );
+    send(
+        &app,
+        turn(MODEL, &[("user", "Hello there")]),
+        Some("c-rag"),
+        None,
+    )
+    .await;
+    let key = chat_key(&tenant(), MODEL, "opendify", "c-rag");
+    let conversation = stored(&table, &key).await.unwrap();
+    let rag = "### Task:\nAnswer the question from the sources below, citing [id] where a source has one.\n\n<context>\n<source id=\"1\">Quarterly report: revenue rose 12% on the year.</source>\n</context>\n\nWhat was the revenue growth?";
+    send(
+        &app,
+        turn(
+            MODEL,
+            &[
+                ("user", "Hello there"),
+                ("assistant", "Revenue grew 12%."),
+                ("user", rag),
+            ],
+        ),
+        Some("c-rag"),
+        None,
+    )
+    .await;
+    let reqs = app.dify.requests();
+    assert_eq!(
+        reqs[1].conversation_id(),
+        Some(conversation.as_str()),
+        "the file turn went to a throwaway conversation"
+    );
+    assert!(reqs[1].query().unwrap().contains("revenue rose 12%"));
+    assert_eq!(stored(&table, &key).await, Some(conversation));
+}
