@@ -152,6 +152,11 @@ impl ConversationLink {
         }));
     }
 
+    /// An Open WebUI background task: its Dify conversation is a throwaway.
+    pub fn is_detached(&self) -> bool {
+        matches!(self.thread, Thread::Detached)
+    }
+
     /// Whether [`ConversationLink::on_answer`] needs the answer's text (history matching
     /// does); otherwise no copy of it need be kept.
     pub fn wants_answer_text(&self) -> bool {

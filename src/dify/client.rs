@@ -124,6 +124,34 @@ impl DifyClient {
         }
     }
 
+    /// Deletes a conversation of `user` (Dify answers 204), bounded like a stop. Failures
+    /// are logged, never surfaced: the answer was already delivered.
+    pub async fn delete_conversation(&self, app_key: &str, conversation: &str, user: &str) {
+        let Ok(url) = self.url(&format!("conversations/{conversation}")) else {
+            return;
+        };
+        let call = self
+            .http
+            .delete(url)
+            .bearer_auth(app_key)
+            .json(&serde_json::json!({ "user": user }))
+            .send();
+        match tokio::time::timeout(STOP_TIMEOUT, call).await {
+            Ok(Ok(r)) if r.status().is_success() => {
+                tracing::debug!("deleted a background task's Dify conversation")
+            }
+            Ok(Ok(r)) => tracing::warn!(
+                status = r.status().as_u16(),
+                "Dify refused to delete a background task's conversation"
+            ),
+            Ok(Err(e)) => tracing::warn!(
+                error = %error_chain(&e),
+                "could not delete a background task's Dify conversation"
+            ),
+            Err(_) => tracing::warn!("deleting a background task's Dify conversation timed out"),
+        }
+    }
+
     fn url(&self, path: &str) -> Result<Url, DifyError> {
         self.base
             .join(path)

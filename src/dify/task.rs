@@ -40,6 +40,13 @@ impl RunningTask {
         self.armed = false;
     }
 
+    /// Deletes the conversation the task ran in (a background task's throwaway one).
+    pub async fn delete_conversation(&self, conversation: &str) {
+        self.dify
+            .delete_conversation(&self.app_key, conversation, &self.user)
+            .await;
+    }
+
     /// Stops the task now (bounded by the client's stop timeout) and disarms. Awaited, so
     /// that under Lambda the request has left before the invocation ends and the
     /// environment freezes.

@@ -13,6 +13,9 @@ pub struct ChatMessageRequest {
     pub user: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conversation_id: Option<String>,
+    /// `false` for throwaway conversations: Dify then spends no model call on a title.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_generate_name: Option<bool>,
 }
 
 /// Body of any non-2xx Dify response.

@@ -57,6 +57,7 @@ impl Turn {
             response_mode: "streaming",
             user: self.user.clone(),
             conversation_id: continued,
+            auto_generate_name: None,
         }
     }
 }

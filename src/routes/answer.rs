@@ -69,7 +69,23 @@ impl AnswerRun {
             }
         }
         let dify_done = answer.ended() || answer.failure().is_some_and(|f| f.dify_ended);
-        self.finish(dify_done, "its answer ended early").await;
+        let throwaway = self
+            .decoder
+            .conversation_id()
+            .filter(|_| self.link.is_detached() && dify_done)
+            .map(str::to_string);
+        match throwaway {
+            // A background task's conversation would only clutter the user's list in
+            // Dify (and its logs): deleted once answered, next to the store writes.
+            Some(conversation) => {
+                self.task.disarm();
+                tokio::join!(
+                    self.task.delete_conversation(&conversation),
+                    self.link.finish_writes()
+                );
+            }
+            None => self.finish(dify_done, "its answer ended early").await,
+        }
     }
 
     /// Stops the task unless Dify is done with it, and waits for the store writes.

@@ -159,6 +159,9 @@ pub(super) async fn start_answer(
     gone: Gone,
 ) -> Result<EventStream, ApiError> {
     let mut dify_request = turn.chat_message(continued);
+    if link.is_detached() {
+        dify_request.auto_generate_name = Some(false);
+    }
     let mut result = state.dify().chat_stream(app_key, &dify_request).await;
     if dify_request.conversation_id.is_some() && matches!(&result, Err(e) if conversation_gone(e)) {
         link.forget().await;

@@ -594,3 +594,46 @@ async fn a_file_turn_in_open_webuis_rag_shape_stays_in_the_conversation() {
     assert!(reqs[1].query().unwrap().contains("revenue rose 12%"));
     assert_eq!(stored(&table, &key).await, Some(conversation));
 }
+
+#[tokio::test]
+async fn background_tasks_leave_no_conversation_behind_in_dify() {
+    let app = spawn_app().await;
+    app.dify.set(
+        APP_KEY,
+        Scenario::answer_with_conversations("Trip planning"),
+    );
+    send(
+        &app,
+        turn(MODEL, &[("user", "Plan my trip")]),
+        Some("c-bg"),
+        None,
+    )
+    .await;
+    let task = "### Task:\nName this chat in a few words.\n<chat_history>\nUSER: Plan my trip\n</chat_history>";
+    send(&app, turn(MODEL, &[("user", task)]), Some("c-bg"), None).await;
+    let mut streamed = turn(MODEL, &[("user", task)]);
+    streamed["stream"] = json!(true);
+    let r = app.stream(streamed).await;
+    assert!(r.done());
+
+    let reqs = app.dify.requests();
+    assert_eq!(reqs.len(), 3);
+    assert_eq!(reqs[0].body.get("auto_generate_name"), None);
+    for task_request in &reqs[1..] {
+        // No title generation in Dify for a throwaway conversation.
+        assert_eq!(task_request.body["auto_generate_name"], json!(false));
+        assert_eq!(task_request.conversation_id(), None);
+    }
+    // Both task conversations were deleted once answered (the stream's before its body
+    // ended), by the same key and user; the fake forgets a conversation only when its
+    // owner deletes it, so one conversation (the user's) is left of the three.
+    let deleted = app.dify.deletions();
+    assert_eq!(deleted.len(), 2, "{deleted:?}");
+    for d in &deleted {
+        assert_eq!((d.key.as_str(), d.user.as_str()), (APP_KEY, "opendify"));
+    }
+    assert_ne!(deleted[0].conversation_id, deleted[1].conversation_id);
+    let left = app.dify.conversation_ids(APP_KEY, "opendify");
+    assert_eq!(left.len(), 1, "task conversations left in Dify: {left:?}");
+    assert!(deleted.iter().all(|d| d.conversation_id != left[0]));
+}

@@ -33,7 +33,7 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
-use axum::routing::post;
+use axum::routing::{delete, post};
 use axum::serve::ListenerExt;
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -348,6 +348,14 @@ pub struct StopCall {
     pub key: String,
 }
 
+/// One `DELETE /conversations/{id}` call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deletion {
+    pub key: String,
+    pub user: String,
+    pub conversation_id: String,
+}
+
 /// One call to the stop endpoint with its timing (see [`FakeDify::set_stop_delay`]).
 #[derive(Clone, Debug)]
 pub struct StopRecord {
@@ -421,6 +429,10 @@ impl FakeDify {
                 "/v1/chat-messages/{task_id}/stop",
                 post(stop_task).fallback(method_not_allowed),
             )
+            .route(
+                "/v1/conversations/{id}",
+                delete(delete_conversation).fallback(method_not_allowed),
+            )
             .fallback(not_found)
             .layer(DefaultBodyLimit::disable())
             .with_state(shared.clone());
@@ -472,6 +484,11 @@ impl FakeDify {
     }
 
     /// Every call to the stop endpoint so far, oldest first.
+    /// Every `DELETE /conversations/{id}` received, in order.
+    pub fn deletions(&self) -> Vec<Deletion> {
+        self.shared.lock().deletions.clone()
+    }
+
     pub fn stops(&self) -> Vec<StopCall> {
         self.shared.lock().stops.clone()
     }
@@ -593,6 +610,8 @@ struct Data {
     hits: HashMap<String, usize>,
     requests: Vec<Recorded>,
     stops: Vec<StopCall>,
+    /// See [`FakeDify::deletions`].
+    deletions: Vec<Deletion>,
     /// See [`FakeDify::stop_records`].
     stop_records: Vec<StopRecord>,
     /// See [`FakeDify::set_stop_delay`].
@@ -831,6 +850,39 @@ async fn stop_task(
     st.signal_stop(&task_id, &key, &user);
     answered(&st);
     plain_response(200, JSON_CONTENT_TYPE, "{\"result\": \"success\"}\n")
+}
+
+/// `DELETE /conversations/{id}` with `{"user"}`: 204 when that key's user has it (it is
+/// forgotten), 404 "Conversation Not Exists." otherwise, as Dify answers.
+async fn delete_conversation(
+    State(st): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let token = parse_authorization(header_str(&headers, header::AUTHORIZATION).as_deref());
+    let user = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.as_object().and_then(user_arg))
+        .unwrap_or_default();
+    let key = token.unwrap_or_default();
+    let mut d = st.lock();
+    d.deletions.push(Deletion {
+        key: key.clone(),
+        user: user.clone(),
+        conversation_id: id.clone(),
+    });
+    let owned = d
+        .conversations
+        .get_mut(&(key, user))
+        .filter(|ids| ids.contains(&id));
+    match owned {
+        Some(ids) => {
+            ids.retain(|c| *c != id);
+            plain_response(204, JSON_CONTENT_TYPE, "")
+        }
+        None => error_response(404, "not_found", "Conversation Not Exists."),
+    }
 }
 
 async fn not_found() -> Response {
