@@ -322,7 +322,7 @@ mod tests {
                 "u",
                 Some("c1"),
                 &history,
-                "### Task:\nGenerate a title",
+                "### Task:\nGenerate a title\n<chat_history>\nUSER: a\n</chat_history>",
                 true
             ),
             Thread::Detached
