@@ -974,6 +974,18 @@ async fn openai_agents_sdk_default_responses_model() {
         summary(&seen)
     );
 
+    // An unknown previous_response_id: the openai SDK's BadRequestError, unwrapped.
+    let e = r.raised("unknown_previous");
+    assert_eq!(e["class"], "BadRequestError", "{e:#}");
+    assert_eq!(e["api_error"]["status"], 400, "{e:#}");
+    assert_eq!(
+        e["api_error"]["code"], "previous_response_not_found",
+        "{e:#}"
+    );
+    assert_eq!(e["api_error"]["param"], "previous_response_id", "{e:#}");
+    let reached = mentioning(dify, "unknown previous");
+    assert!(reached.is_empty(), "reached Dify: {:#?}", summary(&reached));
+
     // Dify fails mid-answer: the agent's user gets an exception carrying Dify's text.
     let v = r.case("midstream_error");
     let e = &v["raised"];
@@ -1022,6 +1034,40 @@ async fn vercel_ai_sdk_default_openai_provider() {
         let q = sent(dify, KEY_MAIN, &r.prompt(prompt));
         assert_eq!(q.user(), Some("opendify"));
     }
+
+    // Two turns through the provider's previousResponseId: one Dify conversation, and the
+    // second turn sends only its input.
+    let v = r.ok("two_turns");
+    assert_eq!(v["turn1"], MEMORY_ANSWER, "{v:#}");
+    assert_eq!(v["turn2"], MEMORY_ANSWER, "{v:#}");
+    assert_eq!(v["finish_reason"], "stop", "{v:#}");
+    check_response_id(&v["response_id"], &fx, "two turns");
+    let seen = requests_for(dify, KEY_MEMORY);
+    assert_eq!(seen.len(), 2, "{:#?}", summary(&seen));
+    let issued = dify.conversation_ids(KEY_MEMORY, "opendify");
+    assert_eq!(issued.len(), 1, "one Dify conversation: {issued:?}");
+    assert_eq!(
+        seen[0].query(),
+        Some(r.prompt("turn 1: my name is Ada.").as_str())
+    );
+    assert_eq!(seen[1].conversation_id(), Some(issued[0].as_str()));
+    assert_eq!(
+        seen[1].query(),
+        Some(r.prompt("turn 2: what is my name?").as_str()),
+        "{:#?}",
+        summary(&seen)
+    );
+
+    // An unknown previousResponseId: the provider's APICallError with the 400.
+    let e = r.raised("unknown_previous");
+    assert_eq!(e["status"], 400, "{e:#}");
+    assert!(contains(&e["body"], "previous_response_id"), "{e:#}");
+    assert!(
+        contains(&e["message"], "resp_00000000000000000000000000000000"),
+        "{e:#}"
+    );
+    let reached = mentioning(dify, "unknown previous");
+    assert!(reached.is_empty(), "reached Dify: {:#?}", summary(&reached));
 
     // Dify fails mid-answer: streamText's user sees an error part (or an exception) with
     // Dify's text, and no normal finish.

@@ -73,7 +73,12 @@ def error_summary(err: BaseException) -> dict:
     while cause is not None and not isinstance(cause, openai.APIError):
         cause = cause.__cause__ or cause.__context__
     if isinstance(cause, openai.APIError):
-        out["api_error"] = {"class": type(cause).__name__, "code": cause.code, "message": cause.message}
+        out["api_error"] = {
+            "class": type(cause).__name__,
+            "code": cause.code,
+            "param": cause.param,
+            "message": cause.message,
+        }
         if isinstance(cause, openai.APIStatusError):
             out["api_error"]["status"] = cause.status_code
     return out
@@ -136,6 +141,15 @@ async def case_two_turns():
     return {"turn1": run_summary(first), "turn2": run_summary(second)}
 
 
+async def case_unknown_previous():
+    await Runner.run(
+        agent(),
+        "agents unknown previous: hello?",
+        previous_response_id="resp_00000000000000000000000000000000",
+    )
+    return {"unexpected": "no exception"}
+
+
 async def case_midstream_error():
     """What an agent user gets when Dify fails mid-answer (streamed)."""
     result = Runner.run_streamed(agent(FLAKY_MODEL), "agents midstream error")
@@ -154,6 +168,7 @@ CASES = {
     "run": case_run,
     "run_streamed": case_run_streamed,
     "two_turns": case_two_turns,
+    "unknown_previous": case_unknown_previous,
     "midstream_error": case_midstream_error,
 }
 

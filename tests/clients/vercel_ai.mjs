@@ -34,6 +34,7 @@ if (!BASE_URL || !API_KEY) {
   console.error('vercel_ai.mjs: set OPENDIFY_BASE_URL and OPENDIFY_API_KEY');
   process.exit(2);
 }
+const MEMORY_MODEL = 'memory-app'; // generated answers, conversation ids checked like Dify
 const FLAKY_MODEL = 'flaky-app'; // a stream with a Dify error event in the middle
 
 // The package versions actually installed (their package.json; `exports` hides it from import).
@@ -55,6 +56,7 @@ function errorSummary(err) {
   };
   if (err?.statusCode !== undefined) out.status = err.statusCode;
   if (err?.isRetryable !== undefined) out.is_retryable = err.isRetryable;
+  if (err?.responseBody !== undefined) out.body = err.responseBody;
   if (err?.cause) out.cause = String(err.cause?.message ?? err.cause);
   return out;
 }
@@ -92,6 +94,30 @@ const CASES = {
       response_id: (await r.response)?.id ?? null,
       errors,
     };
+  },
+
+  // Two turns: the second continues the first by its response id (the provider's
+  // `previousResponseId` option), streamed.
+  async two_turns() {
+    const first = await ai.generateText({ model: model(MEMORY_MODEL), prompt: 'vercel turn 1: my name is Ada.' });
+    const responseId = first.providerMetadata?.openai?.responseId ?? null;
+    const second = ai.streamText({
+      model: model(MEMORY_MODEL),
+      prompt: 'vercel turn 2: what is my name?',
+      providerOptions: { openai: { previousResponseId: responseId } },
+    });
+    let text = '';
+    for await (const t of second.textStream) text += t;
+    return { turn1: first.text, response_id: responseId, turn2: text, finish_reason: await second.finishReason };
+  },
+
+  async unknown_previous() {
+    await ai.generateText({
+      model: model(),
+      prompt: 'vercel unknown previous: hello?',
+      providerOptions: { openai: { previousResponseId: 'resp_00000000000000000000000000000000' } },
+    });
+    return { unexpected: 'no exception' };
   },
 
   // What a streamText user sees when Dify fails mid-answer: the text stream, and the parts
