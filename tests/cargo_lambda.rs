@@ -709,6 +709,56 @@ async fn streams_incrementally_through_the_function_url() {
         timeline.join("\n")
     );
     assert!(reads >= 5, "{reads} reads: the body came in one piece");
+
+    // The Responses API through the same function URL: its events, as they arrive.
+    let started = Instant::now();
+    let r = reqwest::Client::new()
+        .post(watch.url("/v1/responses"))
+        .bearer_auth(PROXY_KEY)
+        .timeout(COMMAND_TIMEOUT)
+        .json(&json!({"model": MODEL, "stream": true, "input": "What is the capital of France?"}))
+        .send()
+        .await
+        .expect("streaming Responses request");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["lambda-runtime-function-response-mode"],
+        "streaming"
+    );
+    let mut body = r.bytes_stream();
+    let mut text = String::new();
+    let mut events: Vec<(Value, Duration)> = Vec::new();
+    while let Some(piece) = body.next().await {
+        let at = started.elapsed();
+        text.push_str(std::str::from_utf8(&piece.expect("stream read")).expect("UTF-8"));
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            for data in sse_data(&block) {
+                events.push((serde_json::from_str(&data).expect("event JSON"), at));
+            }
+        }
+    }
+    let names: Vec<&str> = events
+        .iter()
+        .map(|(v, _)| v["type"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(names.first(), Some(&"response.created"), "{names:?}");
+    assert_eq!(names.last(), Some(&"response.completed"), "{names:?}");
+    let deltas: Vec<&(Value, Duration)> = events
+        .iter()
+        .filter(|(v, _)| v["type"] == "response.output_text.delta")
+        .collect();
+    let answer: String = deltas
+        .iter()
+        .map(|(v, _)| v["delta"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(answer, FIXTURE_ANSWER);
+    assert_eq!(deltas.len(), 5, "{names:?}");
+    let spread = deltas[4].1 - deltas[0].1;
+    assert!(
+        spread >= FRAME_DELAY * 3,
+        "Responses deltas arrived within {spread:?}, not spread over ~600 ms: buffered"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
