@@ -46,6 +46,11 @@ const ENDLESS_MODEL: &str = "endless-app";
 const KEY_ENDLESS: &str = "app-respendless00000000000001";
 const ENDLESS_TASK: &str = "0b6c1f7e-2d43-4a9e-9c5b-7e8d1a2f3c64";
 const ENDLESS_TOKEN: &str = "tick ";
+/// A chatflow whose LLM node sends its thinking apart (`reasoning_chunk`), then answers.
+const THINKING_MODEL: &str = "thinking-app";
+const KEY_THINKING: &str = "app-respthinking0000000000001";
+const THINKING: &str = "The user asks for a capital.";
+const THINKING_ANSWER: &str = "Paris it is.";
 
 const MEMORY_ANSWER: &str = "Nice to meet you, Ada.";
 /// What `chat-error-midstream.sse` streams before its error event, and the error's text.
@@ -73,6 +78,7 @@ fn start_proxy(dify: &FakeDify) -> Running {
         MEMORY_MODEL: KEY_MEMORY,
         FLAKY_MODEL: KEY_FLAKY,
         ENDLESS_MODEL: KEY_ENDLESS,
+        THINKING_MODEL: KEY_THINKING,
     });
     let vars = [
         ("DIFY_API_BASE", dify.base_url()),
@@ -94,6 +100,30 @@ fn set_scenarios(dify: &FakeDify) {
         KEY_ENDLESS,
         Scenario::endless(ENDLESS_TOKEN, Duration::from_millis(50), ENDLESS_TASK),
     );
+    dify.set(
+        KEY_THINKING,
+        Scenario::raw([(reasoning_stream(), Duration::ZERO)]),
+    );
+}
+
+/// Dify's frames for [`THINKING_MODEL`]: two `reasoning_chunk`s, two `message`s, the end.
+fn reasoning_stream() -> Vec<u8> {
+    let ids = r#""conversation_id":"5a1e2b3c-4d5e-4f60-8a7b-9c0d1e2f3a4b","message_id":"6b2f3c4d-5e6f-4a71-9b8c-0d1e2f3a4b5c","task_id":"7c3a4d5e-6f70-4b82-8c9d-1e2f3a4b5c6d","created_at":1784212345"#;
+    let mut sse = String::new();
+    for thought in ["The user asks", " for a capital."] {
+        sse.push_str(&format!(
+            "data: {{\"event\":\"reasoning_chunk\",{ids},\"data\":{{\"reasoning\":{thought:?},\"node_id\":\"llm\",\"is_final\":false}}}}\n\n"
+        ));
+    }
+    for word in ["Paris", " it is."] {
+        sse.push_str(&format!(
+            "data: {{\"event\":\"message\",{ids},\"answer\":{word:?}}}\n\n"
+        ));
+    }
+    sse.push_str(&format!(
+        "data: {{\"event\":\"message_end\",{ids},\"metadata\":{{\"usage\":{{\"prompt_tokens\":5,\"completion_tokens\":7,\"total_tokens\":12}}}}}}\n\n"
+    ));
+    sse.into_bytes()
 }
 
 // ---------------------------------------------------------------------------
@@ -490,6 +520,28 @@ async fn exercise_openai_sdk(client: Client) {
     check_midstream(r, dify);
     check_cancel(r, dify, run.stop_at);
     check_tools_refused(r, dify);
+    if client == Client::Python {
+        check_reasoning(r);
+    }
+}
+
+/// Dify's separate reasoning reaches the SDK as a reasoning item before the message, and
+/// `output_text` is the answer alone.
+fn check_reasoning(r: &Report) {
+    let v = r.ok("reasoning");
+    let want = serde_json::json!([
+        {"type": "reasoning", "text": THINKING},
+        {"type": "message", "text": THINKING_ANSWER},
+    ]);
+    assert_eq!(v["blocking"], want, "{v:#}");
+    assert_eq!(v["streamed"], want, "{v:#}");
+    assert_eq!(v["blocking_text"], THINKING_ANSWER, "{v:#}");
+    assert_eq!(v["streamed_text"], THINKING_ANSWER, "{v:#}");
+    let types = v["types"].as_array().unwrap();
+    assert!(
+        types.contains(&serde_json::json!("response.reasoning_summary_text.delta")),
+        "{v:#}"
+    );
 }
 
 /// A response id: `resp_` and opaque, showing none of Dify's ids.
@@ -977,6 +1029,16 @@ async fn openai_agents_sdk_default_responses_model() {
         "{v:#}"
     );
     assert_eq!(requests_for(dify, KEY_FLAKY).len(), 1);
+
+    // Dify's separate reasoning: the agent's answer is the message alone, the reasoning
+    // an item of its own before it.
+    let v = r.ok("reasoning");
+    assert_eq!(v["final_output"], THINKING_ANSWER, "{v:#}");
+    assert_eq!(
+        v["items"],
+        serde_json::json!(["ReasoningItem", "MessageOutputItem"]),
+        "{v:#}"
+    );
 }
 
 // ---------------------------------------------------------------------------

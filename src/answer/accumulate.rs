@@ -16,6 +16,8 @@ pub struct Accumulator {
     /// would only cost memory.
     skip_content: bool,
     content: Vec<Content>,
+    /// The thinking, apart from the content.
+    reasoning: String,
     usage: Option<Usage>,
     /// Output moderation replaced the answer (OpenAI's `content_filter`).
     replaced: bool,
@@ -44,7 +46,8 @@ impl Accumulator {
         }
         match piece {
             Piece::KeepAlive => {}
-            Piece::Text(_) | Piece::File { .. } if self.skip_content => {}
+            Piece::Text(_) | Piece::File { .. } | Piece::Reasoning(_) if self.skip_content => {}
+            Piece::Reasoning(text) => self.reasoning.push_str(text),
             Piece::Replace(_) if self.skip_content => self.replaced = true,
             Piece::Text(text) => match self.content.last_mut() {
                 Some(Content::Text(last)) => last.push_str(text),
@@ -67,6 +70,11 @@ impl Accumulator {
     /// Moves the content out, so the answer is not held twice while it is encoded.
     pub fn take_content(&mut self) -> Vec<Content> {
         std::mem::take(&mut self.content)
+    }
+
+    /// Moves the reasoning out (empty when there was none, or for streamed answers).
+    pub fn take_reasoning(&mut self) -> String {
+        std::mem::take(&mut self.reasoning)
     }
 
     /// Dify's token counts; zeros when it sent none (workflow runs).

@@ -94,6 +94,7 @@ impl DifyDecoder {
                 }
             }
             Event::TextChunk { text } if !text.is_empty() => out.push(Piece::Text(text)),
+            Event::ReasoningChunk { text } if !text.is_empty() => out.push(Piece::Reasoning(text)),
             Event::MessageFile { kind, url, answer } => match (url, answer) {
                 (Some(url), _) if !url.is_empty() => {
                     let url = match self.file_base.join(&url) {
@@ -150,7 +151,10 @@ impl DifyDecoder {
                 return Flow::Stop;
             }
             // Progress, thoughts, audio, empty chunks: nothing for the client.
-            Event::AgentMessage { .. } | Event::TextChunk { .. } | Event::Other { .. } => {}
+            Event::AgentMessage { .. }
+            | Event::TextChunk { .. }
+            | Event::ReasoningChunk { .. }
+            | Event::Other { .. } => {}
         }
         Flow::Continue
     }

@@ -20,6 +20,8 @@ pub enum Piece {
     KeepAlive,
     /// Answer text to append.
     Text(String),
+    /// The model's thinking, apart from the answer (clients show it separately).
+    Reasoning(String),
     /// A file the app produced (a tool's image, a chart), with an absolute URL.
     File { kind: FileKind, url: String },
     /// Output moderation replaced the whole answer with this text.

@@ -61,6 +61,11 @@ pub enum Event {
     TextChunk {
         text: String,
     },
+    /// `reasoning_chunk`: an LLM node's thinking, sent apart from the answer (chatflow and
+    /// workflow LLM nodes with `reasoning_format: separated`).
+    ReasoningChunk {
+        text: String,
+    },
     /// A tool file; old builds also send text chunks as `message_file` with an `answer`.
     MessageFile {
         kind: Option<String>,
@@ -132,6 +137,8 @@ struct WireData {
     #[serde(default)]
     text: Option<String>,
     #[serde(default)]
+    reasoning: Option<String>,
+    #[serde(default)]
     status: Option<String>,
     #[serde(default)]
     error: Option<String>,
@@ -184,6 +191,9 @@ impl DifyEvent {
             },
             "text_chunk" => Event::TextChunk {
                 text: wire.data.and_then(|d| d.text).unwrap_or_default(),
+            },
+            "reasoning_chunk" => Event::ReasoningChunk {
+                text: wire.data.and_then(|d| d.reasoning).unwrap_or_default(),
             },
             "message_file" => Event::MessageFile {
                 kind: wire.kind,

@@ -84,6 +84,7 @@ impl ChunkEncoder {
             Delta {
                 role: Some("assistant".to_string()),
                 content: Some(String::new()),
+                reasoning_content: None,
             },
             None,
         ))
@@ -98,6 +99,14 @@ impl ChunkEncoder {
         match piece {
             Piece::KeepAlive => out.push(Output::KeepAlive),
             Piece::Text(text) => out.push(self.content(text)),
+            // Apart from the content: not part of what the client sends back as history.
+            Piece::Reasoning(text) => out.push(Output::Chunk(self.chunk(
+                Delta {
+                    reasoning_content: Some(text),
+                    ..Delta::default()
+                },
+                None,
+            ))),
             Piece::File { kind, url } => out.push(self.content(file_markdown(kind, &url))),
             Piece::Replace(text) => {
                 // Streamed deltas cannot be withdrawn: the replacement follows them after a
@@ -142,8 +151,8 @@ impl ChunkEncoder {
         }
         Output::Chunk(self.chunk(
             Delta {
-                role: None,
                 content: Some(text),
+                ..Delta::default()
             },
             None,
         ))
@@ -188,8 +197,14 @@ impl StreamEncoder for ChunkEncoder {
     }
 }
 
-/// A completed answer as one `chat.completion`; `content` is its text ([`content_text`]).
-pub fn completion(meta: &ChunkMeta, answer: &Accumulator, content: String) -> ChatCompletion {
+/// A completed answer as one `chat.completion`; `content` is its text ([`content_text`]),
+/// `reasoning` its thinking (empty: none).
+pub fn completion(
+    meta: &ChunkMeta,
+    answer: &Accumulator,
+    content: String,
+    reasoning: String,
+) -> ChatCompletion {
     ChatCompletion {
         id: meta.id.clone(),
         object: "chat.completion".to_string(),
@@ -201,6 +216,7 @@ pub fn completion(meta: &ChunkMeta, answer: &Accumulator, content: String) -> Ch
                 role: "assistant".to_string(),
                 content,
                 refusal: None,
+                reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
             },
             logprobs: None,
             finish_reason: finish_reason(answer),

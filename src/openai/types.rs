@@ -100,6 +100,10 @@ pub struct ResponseMessage {
     pub role: String,
     pub content: String,
     pub refusal: Option<String>,
+    /// The thinking, apart from the answer (the DeepSeek convention Open WebUI and
+    /// LibreChat read); omitted when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
 }
 
 /// One streamed chunk. `usage` is omitted unless the client asked for it; then it is
@@ -147,6 +151,8 @@ pub struct Delta {
     pub role: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -204,8 +210,8 @@ mod tests {
             choices: vec![ChunkChoice {
                 index: 0,
                 delta: Delta {
-                    role: None,
                     content: Some("Hi".into()),
+                    ..Delta::default()
                 },
                 logprobs: None,
                 finish_reason: None,

@@ -15,7 +15,7 @@ use crate::openai::chat::content_text;
 pub async fn complete_answer<T: Serialize>(
     mut upstream: EventStream,
     mut run: AnswerRun,
-    encode: impl FnOnce(&Accumulator, String) -> T,
+    encode: impl FnOnce(&mut Accumulator, String) -> T,
 ) -> Response {
     let mut answer = Accumulator::new();
     let mut items = Vec::new();
@@ -37,7 +37,7 @@ pub async fn complete_answer<T: Serialize>(
     // Sized for the text up front: a buffer grown by doubling would briefly hold up to
     // three copies of a large answer, next to the answer itself.
     let mut body = Vec::with_capacity(content.len() + 1024);
-    let value = encode(&answer, content);
+    let value = encode(&mut answer, content);
     if serde_json::to_writer(&mut body, &value).is_err() {
         // Our own types always serialize; never a panic all the same.
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();

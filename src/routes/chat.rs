@@ -108,7 +108,8 @@ pub async fn create(
         stream_answer(upstream, encoder, run)
     } else {
         complete_answer(upstream, run, |answer, content| {
-            completion(&meta, answer, content)
+            let reasoning = answer.take_reasoning();
+            completion(&meta, answer, content, reasoning)
         })
         .await
     })

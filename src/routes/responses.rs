@@ -123,6 +123,7 @@ pub async fn create(
     let meta = ResponseMeta {
         id,
         item_id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
+        reasoning_id: format!("rs_{}", uuid::Uuid::new_v4().simple()),
         created_at: crate::unix_now(),
         model: request.model.clone(),
         instructions: request.instructions.clone(),
@@ -146,7 +147,8 @@ pub async fn create(
         stream_answer(upstream, ResponseEncoder::new(meta), run)
     } else {
         complete_answer(upstream, run, |answer, content| {
-            response_object(&meta, answer, content)
+            let reasoning = answer.take_reasoning();
+            response_object(&meta, answer, content, reasoning)
         })
         .await
     })

@@ -47,6 +47,7 @@ API_KEY = os.environ["OPENDIFY_API_KEY"]
 MODEL = os.environ.get("OPENDIFY_MODEL", "my-app")
 MEMORY_MODEL = "memory-app"  # generated answers, conversation ids checked like Dify
 FLAKY_MODEL = "flaky-app"  # a stream with a Dify error event in the middle
+THINKING_MODEL = "thinking-app"  # a chatflow whose LLM sends its reasoning apart
 
 INSTRUCTIONS = "agents: answer in one sentence."
 
@@ -163,6 +164,13 @@ async def case_midstream_error():
     return {"deltas": deltas, "final_output": result.final_output, "unexpected": "no exception"}
 
 
+async def case_reasoning():
+    result = await Runner.run(agent(THINKING_MODEL), "agents reasoning: what is the capital of France?")
+    out = run_summary(result)
+    out["items"] = [type(item).__name__ for item in result.new_items]
+    return out
+
+
 CASES = {
     "model_class": case_model_class,
     "run": case_run,
@@ -170,6 +178,7 @@ CASES = {
     "two_turns": case_two_turns,
     "unknown_previous": case_unknown_previous,
     "midstream_error": case_midstream_error,
+    "reasoning": case_reasoning,
 }
 
 

@@ -43,6 +43,7 @@ MODELS = {
     "memory": "memory-app",  # generated answers, conversation ids checked like Dify
     "flaky": "flaky-app",  # a stream with a Dify error event in the middle
     "endless": "endless-app",  # a stream that runs until /stop
+    "thinking": "thinking-app",  # a chatflow whose LLM sends its reasoning apart
 }
 
 INSTRUCTIONS = "py: answer in one sentence."
@@ -298,6 +299,36 @@ def case_tools_refused():
     return {"unexpected": "no exception"}
 
 
+def output_items(r) -> list:
+    """A response's output items as a user reads them: type and text."""
+    out = []
+    for item in r.output:
+        if item.type == "reasoning":
+            out.append({"type": "reasoning", "text": "".join(s.text for s in item.summary)})
+        elif item.type == "message":
+            text = "".join(c.text for c in item.content if c.type == "output_text")
+            out.append({"type": "message", "text": text})
+        else:
+            out.append({"type": item.type})
+    return out
+
+
+def case_reasoning():
+    """Dify's separate reasoning: a reasoning item before the message, blocking and through
+    the accumulating helper (which checks every event's output_index)."""
+    blocking = client().responses.create(model=MODELS["thinking"], input="py reasoning blocking")
+    with client().responses.stream(model=MODELS["thinking"], input="py reasoning helper") as stream:
+        types = [ev.type for ev in stream]
+        final = stream.get_final_response()
+    return {
+        "blocking": output_items(blocking),
+        "blocking_text": blocking.output_text,
+        "streamed": output_items(final),
+        "streamed_text": final.output_text,
+        "types": types,
+    }
+
+
 CASES = {
     "blocking": case_blocking,
     "streaming": case_streaming,
@@ -310,6 +341,7 @@ CASES = {
     "midstream_blocking": case_midstream_blocking,
     "cancel_stream": case_cancel_stream,
     "tools_refused": case_tools_refused,
+    "reasoning": case_reasoning,
 }
 
 

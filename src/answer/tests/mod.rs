@@ -116,7 +116,8 @@ fn blocking(events: Vec<Result<DifyEvent, DecodeError>>) -> Result<ChatCompletio
         return Err(Box::new(failure.clone()));
     }
     let content = content_text(answer.take_content());
-    Ok(completion(&meta(false), &answer, content))
+    let reasoning = answer.take_reasoning();
+    Ok(completion(&meta(false), &answer, content, reasoning))
 }
 
 /// Checks the invariants every successful stream must hold and returns its text.

@@ -10,6 +10,7 @@ fn meta() -> ResponseMeta {
     ResponseMeta {
         id: "resp_test".into(),
         item_id: "msg_test".into(),
+        reasoning_id: "rs_test".into(),
         created_at: 1_767_225_600,
         model: "my-app".into(),
         instructions: Some("Be brief.".into()),
@@ -146,7 +147,7 @@ fn transcripts_aggregate_into_one_response_object() {
             acc.apply(&piece);
         }
         let text = output_text(acc.take_content());
-        let v = serde_json::to_value(response_object(&meta(), &acc, text)).unwrap();
+        let v = serde_json::to_value(response_object(&meta(), &acc, text, String::new())).unwrap();
         assert_eq!(v["object"], "response");
         assert_eq!(v["status"], "completed", "{name}");
         assert_eq!(v["error"], Value::Null);
@@ -197,7 +198,7 @@ fn a_moderated_answer_ends_incomplete_with_the_replacement() {
         acc.apply(&piece);
     }
     let content = output_text(acc.take_content());
-    let v = serde_json::to_value(response_object(&meta(), &acc, content)).unwrap();
+    let v = serde_json::to_value(response_object(&meta(), &acc, content, String::new())).unwrap();
     assert_eq!(v["status"], "incomplete");
     assert!(text.ends_with(v["output"][0]["content"][0]["text"].as_str().unwrap()));
 }
@@ -217,11 +218,14 @@ fn a_midstream_error_fails_the_response_and_keeps_the_text_so_far() {
         assert_eq!(failed["status"], "failed");
         assert_eq!(failed["error"]["code"], error["code"]);
         assert_eq!(failed["error"]["message"], error["message"]);
-        assert_eq!(failed["output"][0]["status"], "incomplete");
-        assert_eq!(
-            failed["output"][0]["content"][0]["text"],
-            deltas(&events).as_str()
-        );
+        let text = deltas(&events);
+        if text.is_empty() {
+            // No text came: no message item was opened, none is reported.
+            assert_eq!(failed["output"], json!([]), "{name}");
+        } else {
+            assert_eq!(failed["output"][0]["status"], "incomplete");
+            assert_eq!(failed["output"][0]["content"][0]["text"], text.as_str());
+        }
     }
     // A stream cut short is a failure too, never a short answer that looks complete.
     let bytes = fixture("chat-app-stream.sse");
@@ -235,5 +239,102 @@ fn status_names_are_the_wire_names() {
     assert_eq!(
         serde_json::to_value([Status::InProgress, Status::Incomplete]).unwrap(),
         json!(["in_progress", "incomplete"])
+    );
+}
+
+/// A chatflow whose LLM node sends its thinking apart (`reasoning_chunk`), then answers.
+fn reasoning_transcript() -> Vec<u8> {
+    let ids = r#""conversation_id":"c1","message_id":"m1","task_id":"t1","created_at":1"#;
+    let mut sse = String::new();
+    for thought in ["The user asks", " for a capital."] {
+        sse.push_str(&format!(
+            "data: {{\"event\":\"reasoning_chunk\",{ids},\"data\":{{\"message_id\":\"m1\",\"reasoning\":{thought:?},\"node_id\":\"llm\",\"is_final\":false}}}}\n\n"
+        ));
+    }
+    for word in ["Paris", " it is."] {
+        sse.push_str(&format!(
+            "data: {{\"event\":\"message\",{ids},\"id\":\"m1\",\"answer\":{word:?}}}\n\n"
+        ));
+    }
+    sse.push_str(&format!(
+        "data: {{\"event\":\"message_end\",{ids},\"id\":\"m1\",\"metadata\":{{\"usage\":{{\"prompt_tokens\":5,\"completion_tokens\":7,\"total_tokens\":12}}}}}}\n\n"
+    ));
+    sse.into_bytes()
+}
+
+#[test]
+fn reasoning_is_an_item_before_the_message() {
+    let (events, _) = events(&stream(decode_all(&reasoning_transcript())));
+    let n = names(&events);
+    assert_eq!(
+        n,
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.reasoning_summary_part.added",
+            "response.reasoning_summary_text.delta",
+            "response.reasoning_summary_text.delta",
+            "response.reasoning_summary_text.done",
+            "response.reasoning_summary_part.done",
+            "response.output_item.done",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.output_text.delta",
+            "response.output_text.delta",
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed",
+        ]
+    );
+    assert_eq!(events[2].1["item"]["type"], "reasoning");
+    assert_eq!(events[2].1["output_index"], 0);
+    assert_eq!(events[6].1["text"], "The user asks for a capital.");
+    assert_eq!(events[9].1["item"]["type"], "message");
+    assert_eq!(events[9].1["output_index"], 1);
+    assert_eq!(events[11].1["output_index"], 1);
+    assert_eq!(deltas(&events), "Paris it is.");
+    let done = &events.last().unwrap().1["response"];
+    assert_eq!(done["output"][0]["type"], "reasoning");
+    assert_eq!(
+        done["output"][0]["summary"][0]["text"],
+        "The user asks for a capital."
+    );
+    assert_eq!(done["output"][1]["content"][0]["text"], "Paris it is.");
+
+    // Blocking: the same two items.
+    let mut acc = Accumulator::new();
+    for piece in pieces(decode_all(&reasoning_transcript())) {
+        acc.apply(&piece);
+    }
+    let text = output_text(acc.take_content());
+    let reasoning = acc.take_reasoning();
+    let v = serde_json::to_value(response_object(&meta(), &acc, text, reasoning)).unwrap();
+    assert_eq!(v["output"][0]["type"], "reasoning");
+    assert_eq!(
+        v["output"][0]["summary"][0]["text"],
+        "The user asks for a capital."
+    );
+    assert_eq!(v["output"][1]["content"][0]["text"], "Paris it is.");
+}
+
+#[test]
+fn reasoning_reaches_chat_clients_as_reasoning_content_apart_from_the_answer() {
+    let sse = super::stream_sse(decode_all(&reasoning_transcript()), false);
+    let r = super::receive(&sse);
+    let reasoning: String = r
+        .chunks
+        .iter()
+        .flat_map(|c| &c.choices)
+        .filter_map(|c| c.delta.reasoning_content.clone())
+        .collect();
+    assert_eq!(reasoning, "The user asks for a capital.");
+    assert_eq!(super::text(&r), "Paris it is.");
+    let c = super::blocking(decode_all(&reasoning_transcript())).unwrap();
+    assert_eq!(c.choices[0].message.content, "Paris it is.");
+    assert_eq!(
+        c.choices[0].message.reasoning_content.as_deref(),
+        Some("The user asks for a capital.")
     );
 }

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use self::types::{
     EventData, OutputItem, OutputText, ResponseError, ResponseObject, ResponseUsage, Status,
+    SummaryText,
 };
 use super::chat::{content_text, file_markdown};
 use crate::answer::{Accumulator, Content, Piece, StreamEncoder};
@@ -19,6 +20,8 @@ pub struct ResponseMeta {
     pub id: String,
     /// The message item's id.
     pub item_id: String,
+    /// The reasoning item's id, if the answer has reasoning.
+    pub reasoning_id: String,
     pub created_at: i64,
     pub model: String,
     pub instructions: Option<String>,
@@ -60,19 +63,36 @@ impl ResponseMeta {
     }
 
     fn message(&self, status: Status, content: Vec<OutputText>) -> OutputItem {
-        OutputItem {
-            kind: "message",
+        OutputItem::Message {
             id: self.item_id.clone(),
             status,
             role: "assistant",
             content,
         }
     }
+
+    fn reasoning(&self, status: Status, summary: Vec<SummaryText>) -> OutputItem {
+        OutputItem::Reasoning {
+            id: self.reasoning_id.clone(),
+            status,
+            summary,
+        }
+    }
 }
 
-/// A finished answer as one response object (the blocking answer); `text` is its content.
-pub fn response_object(meta: &ResponseMeta, answer: &Accumulator, text: String) -> ResponseObject {
-    finished(meta, answer, text)
+/// A finished answer as one response object (the blocking answer): `text` is its content,
+/// `reasoning` its thinking (empty: none), which comes first as a reasoning item.
+pub fn response_object(
+    meta: &ResponseMeta,
+    answer: &Accumulator,
+    text: String,
+    reasoning: String,
+) -> ResponseObject {
+    let mut output = Vec::with_capacity(2);
+    if !reasoning.is_empty() {
+        output.push(meta.reasoning(Status::Completed, vec![SummaryText::new(reasoning)]));
+    }
+    finished(meta, answer, output, text)
 }
 
 /// The answer's content as the text of its one `output_text` part.
@@ -80,15 +100,21 @@ pub fn output_text(parts: Vec<Content>) -> String {
     content_text(parts)
 }
 
-/// The terminal object for a completed (or content-filtered) answer.
-fn finished(meta: &ResponseMeta, answer: &Accumulator, text: String) -> ResponseObject {
+/// The terminal object for a completed (or content-filtered) answer: `output` so far, then
+/// the message with `text`.
+fn finished(
+    meta: &ResponseMeta,
+    answer: &Accumulator,
+    mut output: Vec<OutputItem>,
+    text: String,
+) -> ResponseObject {
     let status = if answer.replaced() {
         Status::Incomplete
     } else {
         Status::Completed
     };
-    let item = meta.message(status, vec![OutputText::new(text)]);
-    let mut object = meta.object(status, vec![item]);
+    output.push(meta.message(status, vec![OutputText::new(text)]));
+    let mut object = meta.object(status, output);
     if answer.replaced() {
         // Output moderation replaced the answer: OpenAI's content-filter stop.
         object.incomplete_details = Some(serde_json::json!({"reason": "content_filter"}));
@@ -128,13 +154,28 @@ fn write_event(sequence: &mut u64, kind: &str, data: &EventData<'_>, buf: &mut V
     buf.extend_from_slice(b"\n\n");
 }
 
-/// Encodes one streamed answer as the Responses event sequence.
+/// Where an output item stands in the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ItemState {
+    NotYet,
+    Open(u32),
+    Done(u32),
+}
+
+/// Encodes one streamed answer as the Responses event sequence. Items open when their
+/// first piece comes: reasoning Dify sends apart becomes a reasoning item before the
+/// message, and the message opens with the first text.
 pub struct ResponseEncoder {
     meta: ResponseMeta,
     /// Numbers every event, from 0.
     sequence: u64,
+    /// The next item's `output_index`.
+    next_index: u32,
+    message: ItemState,
+    reasoning: ItemState,
     /// The text sent so far: the `done` events and the final object repeat it.
     text: String,
+    reasoning_text: String,
     /// The terminal event went out: nothing more may.
     finished: bool,
 }
@@ -144,15 +185,52 @@ impl ResponseEncoder {
         Self {
             meta,
             sequence: 0,
+            next_index: 0,
+            message: ItemState::NotYet,
+            reasoning: ItemState::NotYet,
             text: String::new(),
+            reasoning_text: String::new(),
             finished: false,
         }
     }
 
+    fn open_message(&mut self, buf: &mut Vec<u8>) -> u32 {
+        if let ItemState::Open(index) = self.message {
+            return index;
+        }
+        self.close_reasoning(buf);
+        let index = self.next_index;
+        self.next_index += 1;
+        self.message = ItemState::Open(index);
+        let item = self.meta.message(Status::InProgress, Vec::new());
+        write_event(
+            &mut self.sequence,
+            "response.output_item.added",
+            &EventData::Item {
+                output_index: index,
+                item: &item,
+            },
+            buf,
+        );
+        write_event(
+            &mut self.sequence,
+            "response.content_part.added",
+            &EventData::Part {
+                item_id: &self.meta.item_id,
+                output_index: index,
+                content_index: 0,
+                part: &OutputText::new(String::new()),
+            },
+            buf,
+        );
+        index
+    }
+
     fn delta(&mut self, text: &str, buf: &mut Vec<u8>) {
+        let index = self.open_message(buf);
         let data = EventData::Delta {
             item_id: &self.meta.item_id,
-            output_index: 0,
+            output_index: index,
             content_index: 0,
             delta: text,
             logprobs: [],
@@ -161,14 +239,119 @@ impl ResponseEncoder {
         self.text.push_str(text);
     }
 
+    fn reasoning_delta(&mut self, text: &str, buf: &mut Vec<u8>) {
+        let index = match self.reasoning {
+            ItemState::Open(index) => index,
+            // Thinking after the answer started (or a second run of it): appended to the
+            // one reasoning item, which stays where it is.
+            ItemState::Done(index) => index,
+            ItemState::NotYet => {
+                let index = self.next_index;
+                self.next_index += 1;
+                self.reasoning = ItemState::Open(index);
+                let item = self.meta.reasoning(Status::InProgress, Vec::new());
+                write_event(
+                    &mut self.sequence,
+                    "response.output_item.added",
+                    &EventData::Item {
+                        output_index: index,
+                        item: &item,
+                    },
+                    buf,
+                );
+                write_event(
+                    &mut self.sequence,
+                    "response.reasoning_summary_part.added",
+                    &EventData::SummaryPart {
+                        item_id: &self.meta.reasoning_id,
+                        output_index: index,
+                        summary_index: 0,
+                        part: &SummaryText::new(String::new()),
+                    },
+                    buf,
+                );
+                index
+            }
+        };
+        if matches!(self.reasoning, ItemState::Done(_)) {
+            // Its done events went out: the late text is kept for the final object only.
+            self.reasoning_text.push_str(text);
+            return;
+        }
+        write_event(
+            &mut self.sequence,
+            "response.reasoning_summary_text.delta",
+            &EventData::SummaryDelta {
+                item_id: &self.meta.reasoning_id,
+                output_index: index,
+                summary_index: 0,
+                delta: text,
+            },
+            buf,
+        );
+        self.reasoning_text.push_str(text);
+    }
+
+    fn close_reasoning(&mut self, buf: &mut Vec<u8>) {
+        let ItemState::Open(index) = self.reasoning else {
+            return;
+        };
+        self.reasoning = ItemState::Done(index);
+        let id = &self.meta.reasoning_id;
+        write_event(
+            &mut self.sequence,
+            "response.reasoning_summary_text.done",
+            &EventData::SummaryDone {
+                item_id: id,
+                output_index: index,
+                summary_index: 0,
+                text: &self.reasoning_text,
+            },
+            buf,
+        );
+        let part = SummaryText::new(self.reasoning_text.clone());
+        write_event(
+            &mut self.sequence,
+            "response.reasoning_summary_part.done",
+            &EventData::SummaryPart {
+                item_id: id,
+                output_index: index,
+                summary_index: 0,
+                part: &part,
+            },
+            buf,
+        );
+        let item = self.meta.reasoning(Status::Completed, vec![part]);
+        write_event(
+            &mut self.sequence,
+            "response.output_item.done",
+            &EventData::Item {
+                output_index: index,
+                item: &item,
+            },
+            buf,
+        );
+    }
+
+    /// The reasoning item as it ends up in the final object, if there is one.
+    fn reasoning_item(&self, status: Status) -> Option<OutputItem> {
+        (self.reasoning != ItemState::NotYet).then(|| {
+            self.meta
+                .reasoning(status, vec![SummaryText::new(self.reasoning_text.clone())])
+        })
+    }
+
     fn end(&mut self, answer: &Accumulator, buf: &mut Vec<u8>) {
+        // An answer without text still has its (empty) message.
+        let index = self.open_message(buf);
+        self.message = ItemState::Done(index);
         let item_id = &self.meta.item_id;
         write_event(
             &mut self.sequence,
             "response.output_text.done",
             &EventData::TextDone {
                 item_id,
-                output_index: 0,
+                output_index: index,
                 content_index: 0,
                 text: &self.text,
                 logprobs: [],
@@ -182,22 +365,26 @@ impl ResponseEncoder {
             "response.content_part.done",
             &EventData::Part {
                 item_id,
-                output_index: 0,
+                output_index: index,
                 content_index: 0,
                 part: &part,
             },
             buf,
         );
-        let object = finished(&self.meta, answer, part.text);
-        write_event(
-            &mut self.sequence,
-            "response.output_item.done",
-            &EventData::Item {
-                output_index: 0,
-                item: &object.output[0],
-            },
-            buf,
-        );
+        let before: Vec<OutputItem> = self.reasoning_item(Status::Completed).into_iter().collect();
+        let object = finished(&self.meta, answer, before, part.text);
+        let message = object.output.last();
+        if let Some(item) = message {
+            write_event(
+                &mut self.sequence,
+                "response.output_item.done",
+                &EventData::Item {
+                    output_index: index,
+                    item,
+                },
+                buf,
+            );
+        }
         let kind = if object.status == Status::Incomplete {
             "response.incomplete"
         } else {
@@ -212,11 +399,18 @@ impl ResponseEncoder {
     }
 
     fn fail(&mut self, error: &crate::openai::ErrorObject, buf: &mut Vec<u8>) {
-        // The text so far stays visible as an incomplete message: nothing is lost.
-        let item = self
-            .meta
-            .message(Status::Incomplete, vec![OutputText::new(self.text.clone())]);
-        let mut object = self.meta.object(Status::Failed, vec![item]);
+        // What was sent so far stays in the final object, marked incomplete: nothing is lost.
+        let mut output: Vec<OutputItem> = self
+            .reasoning_item(Status::Incomplete)
+            .into_iter()
+            .collect();
+        if self.message != ItemState::NotYet {
+            output.push(
+                self.meta
+                    .message(Status::Incomplete, vec![OutputText::new(self.text.clone())]),
+            );
+        }
+        let mut object = self.meta.object(Status::Failed, output);
         object.error = Some(ResponseError::from(error));
         // The `error` event is what the SDKs raise on; `response.failed` closes the
         // response for clients that read on to a terminal event.
@@ -255,28 +449,6 @@ impl StreamEncoder for ResponseEncoder {
             &EventData::Response { response: &object },
             buf,
         );
-        let item = self.meta.message(Status::InProgress, Vec::new());
-        write_event(
-            &mut self.sequence,
-            "response.output_item.added",
-            &EventData::Item {
-                output_index: 0,
-                item: &item,
-            },
-            buf,
-        );
-        let part = OutputText::new(String::new());
-        write_event(
-            &mut self.sequence,
-            "response.content_part.added",
-            &EventData::Part {
-                item_id: &self.meta.item_id,
-                output_index: 0,
-                content_index: 0,
-                part: &part,
-            },
-            buf,
-        );
     }
 
     fn encode(&mut self, piece: Piece, answer: &Accumulator, buf: &mut Vec<u8>) {
@@ -286,6 +458,7 @@ impl StreamEncoder for ResponseEncoder {
         match piece {
             Piece::KeepAlive => buf.extend_from_slice(b": ping\n\n"),
             Piece::Text(text) => self.delta(&text, buf),
+            Piece::Reasoning(text) => self.reasoning_delta(&text, buf),
             Piece::File { kind, url } => self.delta(&file_markdown(kind, &url), buf),
             Piece::Replace(text) => {
                 // Streamed deltas cannot be withdrawn: the replacement follows them after

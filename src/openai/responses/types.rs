@@ -87,15 +87,47 @@ pub struct ResponseError {
     pub message: String,
 }
 
-/// A message item: the only output item a Dify answer produces for now.
+/// An output item: the answer's message, and before it the model's reasoning when Dify
+/// sends it apart.
 #[derive(Debug, Clone, Serialize)]
-pub struct OutputItem {
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum OutputItem {
+    Message {
+        id: String,
+        status: Status,
+        role: &'static str,
+        content: Vec<OutputText>,
+    },
+    Reasoning {
+        id: String,
+        status: Status,
+        summary: Vec<SummaryText>,
+    },
+}
+
+impl OutputItem {
+    pub fn id(&self) -> &str {
+        match self {
+            OutputItem::Message { id, .. } | OutputItem::Reasoning { id, .. } => id,
+        }
+    }
+}
+
+/// One part of a reasoning item's summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct SummaryText {
     #[serde(rename = "type")]
     pub kind: &'static str,
-    pub id: String,
-    pub status: Status,
-    pub role: &'static str,
-    pub content: Vec<OutputText>,
+    pub text: String,
+}
+
+impl SummaryText {
+    pub fn new(text: String) -> Self {
+        Self {
+            kind: "summary_text",
+            text,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -167,6 +199,24 @@ pub enum EventData<'a> {
         content_index: u32,
         text: &'a str,
         logprobs: [(); 0],
+    },
+    SummaryPart {
+        item_id: &'a str,
+        output_index: u32,
+        summary_index: u32,
+        part: &'a SummaryText,
+    },
+    SummaryDelta {
+        item_id: &'a str,
+        output_index: u32,
+        summary_index: u32,
+        delta: &'a str,
+    },
+    SummaryDone {
+        item_id: &'a str,
+        output_index: u32,
+        summary_index: u32,
+        text: &'a str,
     },
     /// The flat fields are the SDKs' typed `ResponseErrorEvent`; the nested `error` is
     /// what makes the official SDKs raise (they raise on a truthy `error` key), as they

@@ -490,7 +490,8 @@ pub fn translate(data: &[u8]) {
         Some(failure) => Err(failure.clone()),
         None => {
             let content = content_text(answer.take_content());
-            Ok(completion(&meta(false), &answer, content))
+            let reasoning = answer.take_reasoning();
+            Ok(completion(&meta(false), &answer, content, reasoning))
         }
     };
     match result {
