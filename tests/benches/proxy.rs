@@ -35,6 +35,8 @@
 //!   Runtime API of `tests/support/lambda_runtime.rs` (in this process): times run from the
 //!   moment `/next` hands out a function-URL event to the arrival of the response body
 //!   frames the function streams back.
+//! - `responses`: the proxy's `POST /v1/responses` against its `POST /v1/chat/completions`
+//!   for the same `paced` and `fast` answers (ABBA): TTFT and total, as ratios.
 //! - `coldstart`: process start → `listening on` → first `GET /v1/models` answered → first
 //!   streamed chat answered, with `CONVERSATION_TABLE` on a local `moto_server` (its own
 //!   process, started here, stopped at the end); also with the in-memory store. Baselines:
@@ -108,6 +110,9 @@ fn main() {
     }
     if wants("lambda") {
         rt.block_on(lambda(&fake, runs, &mut report));
+    }
+    if wants("responses") {
+        rt.block_on(responses(&fake, runs, &mut report));
     }
     if wants("coldstart") {
         coldstart(&fake, &rt, &mut report);
@@ -526,6 +531,8 @@ impl Cpu {
 enum Arm {
     Direct,
     Proxy,
+    /// The proxy's Responses API (`POST /v1/responses`).
+    Responses,
 }
 
 struct Target {
@@ -541,6 +548,7 @@ impl Target {
         let url = match arm {
             Arm::Direct => format!("{base}/chat-messages"),
             Arm::Proxy => format!("{base}/v1/chat/completions"),
+            Arm::Responses => format!("{base}/v1/responses"),
         };
         let client = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
@@ -566,12 +574,17 @@ impl Target {
                 "stream": true,
                 "messages": [{"role": "user", "content": query}]
             }),
+            Arm::Responses => json!({
+                "model": if paced { "paced" } else { "fast" },
+                "stream": true,
+                "input": query
+            }),
         }
     }
 
     fn key(&self, paced: bool) -> &'static str {
         match (self.arm, paced) {
-            (Arm::Proxy, _) => PROXY_KEY,
+            (Arm::Proxy | Arm::Responses, _) => PROXY_KEY,
             (Arm::Direct, true) => KEY_PACED,
             (Arm::Direct, false) => KEY_FAST,
         }
@@ -610,6 +623,10 @@ impl Target {
         let complete = match self.arm {
             Arm::Direct => received.ends_with(b"\"files\":null}\n\n"),
             Arm::Proxy => received.ends_with(b"data: [DONE]\n\n"),
+            // The terminal event, then the end of the body (no `[DONE]` in this API).
+            Arm::Responses => received
+                .windows(b"event: response.completed\n".len())
+                .any(|w| w == b"event: response.completed\n"),
         };
         if !complete {
             return Err(format!(
@@ -776,6 +793,59 @@ async fn latency(fake: &FakeProcess, runs: usize, report: &mut Vec<String>) {
         hwm_ready as f64 / 1024.0,
         (hwm - hwm_ready) as f64 / 1024.0
     ));
+}
+
+// ---------------------------------------------------------------------------
+// Section: the Responses API against chat completions, same proxy, same answers
+
+/// Chat completions and the Responses API on one proxy, alternately (ABBA), for the same
+/// paced and fast answers: time to the first answer word and to the end of the body.
+/// The Responses stream carries more events and bytes per answer (lifecycle events, the
+/// text repeated in the done events); what it costs shows here.
+async fn responses(fake: &FakeProcess, runs: usize, report: &mut Vec<String>) {
+    println!("\n== responses: POST /v1/responses vs POST /v1/chat/completions, one proxy ==");
+    let proxy = Proxy::start(&proxy_vars(fake));
+    let chat = Target::new(Arm::Proxy, &proxy.url);
+    let resp = Target::new(Arm::Responses, &proxy.url);
+    for _ in 0..3 {
+        for t in [&chat, &resp] {
+            t.run(false).await.expect("warm-up");
+        }
+    }
+    for paced in [true, false] {
+        let n = if paced { runs } else { FAST_RUNS };
+        let name = if paced { "paced" } else { "fast" };
+        let mut samples: [Vec<Sample>; 2] = [Vec::new(), Vec::new()];
+        let mut errors = 0;
+        for i in 0..n {
+            let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+            for a in order {
+                let t = if a == 0 { &chat } else { &resp };
+                match t.run(paced).await {
+                    Ok(s) => samples[a].push(s),
+                    Err(e) => {
+                        errors += 1;
+                        eprintln!("{name} {:?}: {e}", t.arm);
+                    }
+                }
+            }
+        }
+        let med = |a: usize, f: fn(&Sample) -> Duration| {
+            median(&samples[a].iter().map(|s| ms(f(s))).collect::<Vec<_>>())
+        };
+        let (c_ttft, r_ttft) = (med(0, |s| s.ttft), med(1, |s| s.ttft));
+        let (c_total, r_total) = (med(0, |s| s.total), med(1, |s| s.total));
+        let bytes = |a: usize| samples[a].first().map_or(0, |s| s.bytes);
+        let line = format!(
+            "responses/{name} (n={n}, errors={errors}): TTFT chat {c_ttft:.2} ms, responses {r_ttft:.2} ms = {:.3}x; total chat {c_total:.1} ms, responses {r_total:.1} ms = {:.3}x; body {} B vs {} B",
+            r_ttft / c_ttft,
+            r_total / c_total,
+            bytes(0),
+            bytes(1),
+        );
+        println!("{line}");
+        report.push(line);
+    }
 }
 
 // ---------------------------------------------------------------------------
