@@ -89,6 +89,27 @@ impl ConversationLink {
         Ok(self.continued.clone())
     }
 
+    /// Notes (in the background) that the stored response this request continues now has
+    /// a continuation. A second one is a branch: Dify's conversation is linear, so the
+    /// second branch's context holds the first branch's turn too. That cannot be undone
+    /// without the text (which we do not keep); it is logged with its cause.
+    pub fn note_continuation(&mut self) {
+        let (Thread::Response { key }, Some(conversation)) = (&self.thread, &self.continued) else {
+            return;
+        };
+        let marker = format!("next#{}", key.trim_start_matches("resp#"));
+        let (store, id) = (self.store.clone(), conversation.clone());
+        self.pending.push(tokio::spawn(async move {
+            match store.put_new(&marker, &id).await {
+                Ok(PutOutcome::Stored) => {}
+                Ok(PutOutcome::Exists(_)) => tracing::warn!(
+                    "previous_response_id names a response that was already continued: its Dify conversation now holds both branches, so this answer also sees the other branch's turns"
+                ),
+                Err(e) => tracing::debug!(error = %e, "could not note the continuation of a response"),
+            }
+        }));
+    }
+
     /// Dify no longer has the stored conversation: forget it so the retry starts fresh.
     pub async fn forget(&mut self) {
         let Some(conversation) = self.continued.take() else {

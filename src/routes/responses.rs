@@ -90,7 +90,10 @@ pub async fn create(
     );
     let continued = match previous {
         Some(id) => match link.lookup_strict().await {
-            Ok(Some(conversation)) => Some(conversation),
+            Ok(Some(conversation)) => {
+                link.note_continuation();
+                Some(conversation)
+            }
             Ok(None) => {
                 return Err(ApiError::PreviousResponseNotFound { id: id.to_string() });
             }

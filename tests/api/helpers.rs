@@ -103,6 +103,11 @@ impl Drop for TestApp {
     }
 }
 
+/// Whether the log of the whole test binary so far contains `text`.
+pub fn log_contains(text: &str) -> bool {
+    String::from_utf8_lossy(&LOG.lock().unwrap_or_else(|e| e.into_inner())).contains(text)
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(&[]).await
 }

@@ -497,3 +497,39 @@ async fn stored_responses_cannot_be_retrieved_and_say_why() {
     }
     let _ = fixture_bytes;
 }
+
+#[tokio::test]
+async fn continuing_one_response_twice_is_logged_as_a_branch() {
+    let (app, _) = spawn_app_dynamo(&[]).await;
+    app.dify
+        .set(APP_KEY, Scenario::answer_with_conversations("Noted."));
+    let r1 = chained(
+        &app,
+        json!("Remember the word granite."),
+        None,
+        json!({"user": "bo"}),
+    )
+    .await;
+    let id = r1["id"].as_str().unwrap();
+    const BRANCH: &str = "was already continued";
+    chained(
+        &app,
+        json!("What was the word?"),
+        Some(id),
+        json!({"user": "bo"}),
+    )
+    .await;
+    assert!(!log_contains(BRANCH), "a first continuation is no branch");
+    // A retry or a branch from the same response: Dify's conversation already has the
+    // first continuation's turn, which this answer will see; that must not go unnoticed.
+    chained(
+        &app,
+        json!("And the word again?"),
+        Some(id),
+        json!({"user": "bo"}),
+    )
+    .await;
+    assert!(log_contains(BRANCH), "the branch was not logged");
+    let sent = app.dify.requests();
+    assert_eq!(sent[2].conversation_id(), sent[1].conversation_id());
+}
