@@ -9,10 +9,8 @@ use std::sync::Arc;
 use aws_config::SdkConfig;
 use axum::Router;
 use axum::serve::ListenerExt;
-use lambda_http::lambda_runtime::LambdaInvocation;
-use lambda_http::lambda_runtime::layers::TracingLayer;
-use lambda_http::tower::layer::layer_fn;
-use lambda_http::tower::util::MapRequest;
+use http_body_util::BodyExt;
+use lambda_http::tower::ServiceBuilder;
 use tokio::net::TcpListener;
 
 pub use nodelay::TcpNoDelay;
@@ -51,19 +49,24 @@ pub async fn serve(config: Config, lambda: bool, aws: Option<SdkConfig>) -> Resu
 /// time when it is unset or 1 (classic Lambda). `lambda_runtime` reads the variable.
 async fn serve_lambda(app: Router) -> Result<(), String> {
     let sockets = Arc::new(TcpNoDelay::new());
-    // Outermost layer: runs as each event arrives, before the handler and before the
-    // runtime POSTs the response, so the connection that POST uses has TCP_NODELAY.
-    let nodelay = layer_fn(move |inner| {
-        let sockets = sockets.clone();
-        MapRequest::new(inner, move |invocation: LambdaInvocation| {
-            sockets.apply();
-            invocation
+    // When the first body frame is ready, the runtime has the connection it streams the
+    // response on (kept from `/next`, or new: `cargo lambda watch` closes each one), and
+    // only the head and the prelude went out on it: TCP_NODELAY now also pushes those.
+    let app = ServiceBuilder::new()
+        .map_response(move |response: axum::response::Response| {
+            let sockets = sockets.clone();
+            let mut first = true;
+            response.map(|body| {
+                body.map_frame(move |frame| {
+                    if std::mem::take(&mut first) {
+                        sockets.apply();
+                    }
+                    frame
+                })
+            })
         })
-    });
-    lambda_http::streaming_runtime_concurrent(app)
-        .layer(TracingLayer::new())
-        .layer(nodelay)
-        .run_concurrent()
+        .service(app);
+    lambda_http::run_with_streaming_response_concurrent(app)
         .await
         .map_err(|e| e.to_string())
 }

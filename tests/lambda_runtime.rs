@@ -725,20 +725,18 @@ mod first_token {
     }
 }
 
-#[tokio::test]
-async fn the_first_token_is_not_held_back_under_the_lambda_runtime() {
-    // Finding B (tests/benches/RESULTS.md): with Nagle on the runtime's connection to the
-    // Runtime API, the first word of an answer Dify sends at once reached the Runtime API
-    // ~40 ms after it would have reached a local client (a delayed ACK, every time). The
-    // local server in the same run is the baseline; 15 ms of margin keeps a loaded
-    // machine from failing the test and still catches the 40 ms stall.
+/// Finding B (tests/benches/RESULTS.md): with Nagle on the runtime's connection to the
+/// Runtime API, the first word of an answer Dify sends at once reached the Runtime API
+/// ~40 ms after it would have reached a local client (a delayed ACK, every time). The
+/// local server in the same run is the baseline; 15 ms of margin keeps a loaded machine
+/// from failing the test and still catches the 40 ms stall.
+async fn assert_first_token_not_held_back(runtime: FakeRuntime) {
     const RUNS: usize = 15;
     const MARGIN: Duration = Duration::from_millis(15);
     let dify = FakeDify::start().await;
     let words: Vec<String> = (0..40).map(|i| format!(" w{i}")).collect();
     let text = format!("{}{}", first_token::FIRST_WORD, words.concat());
     dify.set(APP_KEY, Scenario::answer(text.clone()));
-    let runtime = FakeRuntime::start().await;
     let function = Function::serving(&runtime, &dify);
     let models = format!(r#"{{"{MODEL}":"{APP_KEY}"}}"#);
     let base = dify.base_url();
@@ -777,6 +775,11 @@ async fn the_first_token_is_not_held_back_under_the_lambda_runtime() {
          apart: the Nagle stall is back)\nLambda: {lambda:?}\nlocal: {local_times:?}\n{}",
         function.logs()
     );
+}
+
+#[tokio::test]
+async fn the_first_token_is_not_held_back_under_the_lambda_runtime() {
+    assert_first_token_not_held_back(FakeRuntime::start().await).await;
 }
 
 /// The most invocations whose [hand-out, response end] overlap at one moment.
@@ -838,8 +841,8 @@ async fn with_max_concurrency_64_queued_invocations_stream_at_once() {
     // must run all 64 in parallel, stream every answer, and continue the right Dify
     // conversation through the shared DynamoDB client (moto).
     const STREAMS: usize = 64;
-    const PACE: Duration = Duration::from_millis(100);
-    const ANSWER: &str = "One two three four five six seven eight.";
+    const PACE: Duration = Duration::from_millis(150);
+    const ANSWER: &str = "One two three four five six seven eight nine ten.";
     let moto = support::moto::Moto::shared().await;
     let table = moto.fresh_table().await;
     let dify = FakeDify::start().await;
@@ -918,13 +921,15 @@ async fn with_max_concurrency_64_queued_invocations_stream_at_once() {
                 .filter_map(|e| delta_content(&e.data))
                 .collect();
             assert_eq!(text, ANSWER, "chat {chat} turn {turn}");
-            // 8 words 100 ms apart (700 ms from first to last at Dify): streamed, they
-            // arrive spread out, even when a loaded machine delays some; buffered, at once.
+            // 10 words 150 ms apart (1.35 s from first to last at Dify): streamed, they
+            // arrive spread out; buffered, at once. Starting 64 streams on a loaded
+            // machine delayed first words by up to ~0.5 s (with CPU burners beside), so
+            // the bar is a third of the spread.
             let spread = content.last().unwrap().at - content.first().unwrap().at;
             let mut arrivals: Vec<Instant> = content.iter().map(|e| e.at).collect();
             arrivals.dedup();
             assert!(
-                spread >= PACE * 2 && arrivals.len() >= 3,
+                spread >= PACE * 3 && arrivals.len() >= 3,
                 "chat {chat} turn {turn}: the answer arrived within {spread:?} in {} frame(s): buffered",
                 arrivals.len()
             );

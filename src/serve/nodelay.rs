@@ -6,8 +6,8 @@
 //! the ACK of the previous one, which the Runtime API delays by ~40 ms: the first token of
 //! an answer Dify sends at once arrived ~42 ms late (tests/benches/RESULTS.md, finding B).
 //!
-//! So before each invocation, every TCP socket of this process that was not seen before
-//! gets `TCP_NODELAY`. The process reaches its own sockets through `pidfd_getfd` (Linux
+//! So as each response starts streaming, every TCP socket of this process that was not
+//! seen before gets `TCP_NODELAY`. The process reaches its own sockets through `pidfd_getfd` (Linux
 //! ≥ 5.6; always permitted on one's own process): it returns a duplicate descriptor of the
 //! same socket, the option is set on it, and the duplicate is closed. Only `TCP_NODELAY`
 //! is ever changed, which every other client in this process (reqwest, the AWS SDK)
