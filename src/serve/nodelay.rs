@@ -7,9 +7,10 @@
 //! an answer Dify sends at once arrived ~42 ms late (tests/benches/RESULTS.md, finding B).
 //!
 //! So as each response starts streaming, every TCP socket of this process that was not
-//! seen before gets `TCP_NODELAY`. The process reaches its own sockets through `pidfd_getfd` (Linux
-//! ≥ 5.6; always permitted on one's own process): it returns a duplicate descriptor of the
-//! same socket, the option is set on it, and the duplicate is closed. Only `TCP_NODELAY`
+//! seen before gets `TCP_NODELAY`. The process reaches its own sockets through
+//! `pidfd_getfd` (Linux ≥ 5.6; always permitted on one's own process): it returns a
+//! duplicate descriptor of the same socket, the option is set on it, and the duplicate is
+//! closed. Only `TCP_NODELAY`
 //! is ever changed, which every other client in this process (reqwest, the AWS SDK)
 //! already sets on its sockets. If the kernel refuses, it is logged once and the runtime
 //! keeps serving as before.
