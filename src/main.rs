@@ -5,6 +5,7 @@
 
 use std::process::ExitCode;
 
+use aws_config::SdkConfig;
 use opendify::Config;
 use opendify::config::{ConfigErrors, ssm};
 
@@ -23,8 +24,8 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let config = match load_config().await {
-            Ok(config) => config,
+        let (config, aws) = match load_config().await {
+            Ok(loaded) => loaded,
             Err(problems) => {
                 // Plain text on stderr: readable in a terminal and in CloudWatch alike.
                 // Exiting non-zero makes Lambda report an init error, so a broken
@@ -34,7 +35,22 @@ fn main() -> ExitCode {
             }
         };
         tracing::info!("{}", config.summary());
-        match opendify::serve(config, lambda).await {
+        if lambda {
+            // Read by lambda_runtime itself; logged so the mode shows in the init log.
+            let concurrency = std::env::var("AWS_LAMBDA_MAX_CONCURRENCY")
+                .ok()
+                .and_then(|v| v.parse::<u32>().ok())
+                .filter(|&n| n > 1);
+            match concurrency {
+                Some(n) => tracing::info!(
+                    "serving through the Lambda runtime API with response streaming, up to {n} invocations at once"
+                ),
+                None => tracing::info!(
+                    "serving through the Lambda runtime API with response streaming, one invocation at a time"
+                ),
+            }
+        }
+        match opendify::serve(config, lambda, aws).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
                 eprintln!("opendify stopped: {message}");
@@ -45,17 +61,16 @@ fn main() -> ExitCode {
 }
 
 /// The environment, with `*_PARAMETER` values read from SSM Parameter Store; every
-/// problem of either source in one list.
-async fn load_config() -> Result<Config, ConfigErrors> {
+/// problem of either source in one list. Also the AWS configuration, if SSM needed it,
+/// so the conversation store reuses it instead of loading it again.
+async fn load_config() -> Result<(Config, Option<SdkConfig>), ConfigErrors> {
     let env = |name: &str| std::env::var(name).ok();
-    let client = if ssm::any_requested(&env) {
-        let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .load()
-            .await;
-        Some(aws_sdk_ssm::Client::new(&shared))
+    let aws = if ssm::any_requested(&env) {
+        Some(opendify::serve::load_aws_config().await)
     } else {
         None
     };
+    let client = aws.as_ref().map(aws_sdk_ssm::Client::new);
     let resolved = ssm::resolve(&env, client.as_ref()).await;
     for (var, name) in &resolved.sources {
         tracing::info!("{var} read from SSM parameter {name:?}");
@@ -64,7 +79,7 @@ async fn load_config() -> Result<Config, ConfigErrors> {
     let outcome = Config::from_lookup(merged);
     let mut problems = resolved.problems.clone();
     match outcome {
-        Ok(config) if problems.is_empty() => return Ok(config),
+        Ok(config) if problems.is_empty() => return Ok((config, aws)),
         Ok(_) => {}
         Err(ConfigErrors(more)) => problems.extend(resolved.attribute(more)),
     }

@@ -1,33 +1,38 @@
 //! Serving the router, the same way in production and in tests: under the Lambda runtime
 //! (response streaming), or on a local socket with the socket options streaming needs.
 
+mod nodelay;
+
 use std::future::Future;
 use std::sync::Arc;
 
+use aws_config::SdkConfig;
 use axum::Router;
 use axum::serve::ListenerExt;
+use http_body_util::BodyExt;
+use lambda_http::tower::ServiceBuilder;
 use tokio::net::TcpListener;
+
+pub use nodelay::TcpNoDelay;
 
 use crate::config::Config;
 use crate::state::AppState;
-use crate::store::dynamo::StoreBudget;
+use crate::store::dynamo::{StoreBudget, with_budget};
 use crate::store::{ConversationStore, DynamoStore, MemoryStore};
 
 /// Builds the state for `config` and serves until stopped: through the Lambda Runtime API
-/// when `lambda`, else on `SERVER_HOST:SERVER_PORT` until Ctrl-C or SIGTERM.
-pub async fn serve(config: Config, lambda: bool) -> Result<(), String> {
+/// when `lambda`, else on `SERVER_HOST:SERVER_PORT` until Ctrl-C or SIGTERM. `aws` is the
+/// AWS configuration if `main` already loaded it (for SSM), so it is loaded once.
+pub async fn serve(config: Config, lambda: bool, aws: Option<SdkConfig>) -> Result<(), String> {
     let address = format!("{}:{}", config.server_host, config.server_port);
-    let store = conversation_store(&config).await;
+    let store = conversation_store(&config, aws).await;
     tracing::info!("conversations: {}", store.describe());
     let state = AppState::new(config, store)
         .map_err(|e| format!("could not create the HTTP client: {e}"))?;
     let app = crate::app(state);
 
     if lambda {
-        tracing::info!("serving through the Lambda runtime API with response streaming");
-        return lambda_http::run_with_streaming_response(app)
-            .await
-            .map_err(|e| e.to_string());
+        return serve_lambda(app).await;
     }
     let listener = TcpListener::bind(&address).await.map_err(|e| {
         format!("could not listen on {address}: {e}. Set SERVER_HOST/SERVER_PORT to a free address, or stop what is using it.")
@@ -39,15 +44,56 @@ pub async fn serve(config: Config, lambda: bool) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// The conversation store `config` asks for: its DynamoDB table, or process memory.
-pub async fn conversation_store(config: &Config) -> Arc<dyn ConversationStore> {
+/// Serves `app` through the Lambda Runtime API with response streaming: up to
+/// `AWS_LAMBDA_MAX_CONCURRENCY` invocations at once (Lambda Managed Instances), one at a
+/// time when it is unset or 1 (classic Lambda). `lambda_runtime` reads the variable.
+async fn serve_lambda(app: Router) -> Result<(), String> {
+    let sockets = Arc::new(TcpNoDelay::new());
+    // When the first body frame is ready, the runtime has the connection it streams the
+    // response on (kept from `/next`, or new: `cargo lambda watch` closes each one), and
+    // only the head and the prelude went out on it: TCP_NODELAY now also pushes those.
+    let app = ServiceBuilder::new()
+        .map_response(move |response: axum::response::Response| {
+            let sockets = sockets.clone();
+            let mut first = true;
+            response.map(|body| {
+                body.map_frame(move |frame| {
+                    if std::mem::take(&mut first) {
+                        sockets.apply();
+                    }
+                    frame
+                })
+            })
+        })
+        .service(app);
+    lambda_http::run_with_streaming_response_concurrent(app)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The conversation store `config` asks for: its DynamoDB table (with `aws`, or the AWS
+/// configuration loaded now), or process memory.
+pub async fn conversation_store(
+    config: &Config,
+    aws: Option<SdkConfig>,
+) -> Arc<dyn ConversationStore> {
     match &config.conversation_table {
         Some(table) => {
             let budget = StoreBudget {
                 lookup: config.store_lookup_timeout,
                 write: config.store_write_timeout,
             };
-            Arc::new(DynamoStore::from_env(table.clone(), config.conversation_ttl, budget).await)
+            let aws = match aws {
+                Some(aws) => aws,
+                None => load_aws_config().await,
+            };
+            let client = aws_sdk_dynamodb::Client::from_conf(
+                with_budget(aws_sdk_dynamodb::config::Builder::from(&aws)).build(),
+            );
+            Arc::new(
+                DynamoStore::new(client, table.clone(), config.conversation_ttl)
+                    .with_budget(budget),
+            )
         }
         None => {
             tracing::info!(
@@ -56,6 +102,14 @@ pub async fn conversation_store(config: &Config) -> Arc<dyn ConversationStore> {
             Arc::new(MemoryStore::new(config.conversation_ttl))
         }
     }
+}
+
+/// Region, credentials and endpoints from the standard AWS chain. Load once at cold start:
+/// it is the largest part of init when DynamoDB or SSM is used.
+pub async fn load_aws_config() -> SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await
 }
 
 /// Serves `app` on `listener` until `shutdown` completes.

@@ -667,3 +667,352 @@ async fn invalid_configuration_exits_without_polling_for_events() {
     assert!(record.delivered.is_none() && record.response.is_none());
     assert!(dify.requests().is_empty());
 }
+
+/// Time from the request to the first answer word: through the local server (a
+/// keep-alive client, as the OpenAI SDKs are) and through the Lambda runtime (from the
+/// event's hand-out by `/next` to the arrival of the body frame carrying the word).
+mod first_token {
+    use super::*;
+
+    pub const FIRST_WORD: &str = "Zephyr";
+
+    pub async fn local(client: &reqwest::Client, url: &str, body: &str) -> Duration {
+        let started = Instant::now();
+        let mut response = client
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(PROXY_KEY)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("local request");
+        assert_eq!(response.status(), 200);
+        let mut seen = Vec::new();
+        let mut first = None;
+        while let Some(chunk) = response.chunk().await.expect("local body") {
+            seen.extend_from_slice(&chunk);
+            if first.is_none() && contains(&seen, FIRST_WORD) {
+                first = Some(started.elapsed());
+            }
+        }
+        assert!(seen.ends_with(b"data: [DONE]\n\n"), "{seen:?}");
+        first.expect("the first word never came")
+    }
+
+    pub async fn lambda(runtime: &FakeRuntime, function: &Function, event: &str) -> Duration {
+        let id = runtime.invoke(event.to_string());
+        let response = function.response(runtime, &id).await;
+        assert_eq!(response.status, 200, "{}", response.body_text());
+        assert!(response.body.ends_with(b"data: [DONE]\n\n"));
+        let offset = response
+            .body
+            .windows(FIRST_WORD.len())
+            .position(|w| w == FIRST_WORD.as_bytes())
+            .expect("the first word never came");
+        let at = response.arrival_of(offset).expect("arrival");
+        at.duration_since(response.delivered)
+    }
+
+    fn contains(haystack: &[u8], needle: &str) -> bool {
+        haystack
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes())
+    }
+
+    pub fn median(mut v: Vec<Duration>) -> Duration {
+        v.sort();
+        v[v.len() / 2]
+    }
+}
+
+/// Finding B (tests/benches/RESULTS.md): with Nagle on the runtime's connection to the
+/// Runtime API, the first word of an answer Dify sends at once reached the Runtime API
+/// ~40 ms after it would have reached a local client (a delayed ACK, every time). The
+/// local server in the same run is the baseline; 15 ms of margin keeps a loaded machine
+/// from failing the test and still catches the 40 ms stall.
+async fn assert_first_token_not_held_back(runtime: FakeRuntime) {
+    const RUNS: usize = 15;
+    const MARGIN: Duration = Duration::from_millis(15);
+    let dify = FakeDify::start().await;
+    let words: Vec<String> = (0..40).map(|i| format!(" w{i}")).collect();
+    let text = format!("{}{}", first_token::FIRST_WORD, words.concat());
+    dify.set(APP_KEY, Scenario::answer(text.clone()));
+    let function = Function::serving(&runtime, &dify);
+    let models = format!(r#"{{"{MODEL}":"{APP_KEY}"}}"#);
+    let base = dify.base_url();
+    let local = support::process::start(&[
+        ("DIFY_API_BASE", &base),
+        ("MODEL_CONFIG", &models),
+        ("PROXY_API_KEYS", PROXY_KEY),
+    ]);
+    let event = event_text("chat-streaming.json");
+    let body = event_json("chat-streaming.json")["body"]
+        .as_str()
+        .expect("a JSON body as text")
+        .to_string();
+    let client = reqwest::Client::new();
+
+    let (mut lambda, mut local_times) = (Vec::new(), Vec::new());
+    for i in 0..RUNS + 2 {
+        // Alternating, so load on the machine hits both arms alike; 2 warm-ups each.
+        let l = first_token::lambda(&runtime, &function, &event).await;
+        let h = first_token::local(&client, &local.url, &body).await;
+        if i >= 2 {
+            lambda.push(l);
+            local_times.push(h);
+        }
+    }
+    let (l, h) = (
+        first_token::median(lambda.clone()),
+        first_token::median(local_times.clone()),
+    );
+    println!(
+        "first word: median {l:?} under the Lambda runtime, {h:?} locally\nLambda: {lambda:?}\nlocal: {local_times:?}"
+    );
+    assert!(
+        l <= h + MARGIN,
+        "first word under the Lambda runtime: median {l:?}, locally {h:?} (more than {MARGIN:?} \
+         apart: the Nagle stall is back)\nLambda: {lambda:?}\nlocal: {local_times:?}\n{}",
+        function.logs()
+    );
+}
+
+#[tokio::test]
+async fn the_first_token_is_not_held_back_under_the_lambda_runtime() {
+    assert_first_token_not_held_back(FakeRuntime::start().await).await;
+}
+
+/// The most invocations whose [hand-out, response end] overlap at one moment.
+fn max_in_flight(responses: &[Invocation]) -> usize {
+    let mut edges: Vec<(Instant, i32)> = Vec::new();
+    for r in responses {
+        edges.push((r.delivered, 1));
+        edges.push((r.raw.finished.expect("a complete response"), -1));
+    }
+    // An end at the same instant as a start is counted first: touching is not overlapping.
+    edges.sort();
+    let (mut now, mut max) = (0i32, 0i32);
+    for (_, step) in edges {
+        now += step;
+        max = max.max(now);
+    }
+    max as usize
+}
+
+/// A function-URL event for turn `history` of chat `chat`, as Open WebUI sends it.
+fn chat_event(chat: usize, history: &[Value]) -> String {
+    let mut event = event_json("chat-streaming.json");
+    event["headers"]["x-openwebui-chat-id"] = format!("chat-{chat}").into();
+    event["headers"]["x-openwebui-user-id"] = format!("user-{chat}").into();
+    event["body"] = serde_json::json!({"model": MODEL, "stream": true, "messages": history})
+        .to_string()
+        .into();
+    event.to_string()
+}
+
+/// utime + stime of a process, in clock ticks (10 ms).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_max_concurrency_64_queued_invocations_stream_at_once() {
+    // Lambda Managed Instances: AWS_LAMBDA_MAX_CONCURRENCY=64 hands one environment up to
+    // 64 invocations at once. Two turns of 64 chats, every turn queued at once: each turn
+    // must run all 64 in parallel, stream every answer, and continue the right Dify
+    // conversation through the shared DynamoDB client (moto).
+    const STREAMS: usize = 64;
+    const PACE: Duration = Duration::from_millis(150);
+    const ANSWER: &str = "One two three four five six seven eight nine ten.";
+    let moto = support::moto::Moto::shared().await;
+    let table = moto.fresh_table().await;
+    let dify = FakeDify::start().await;
+    dify.set(
+        APP_KEY,
+        Scenario::Answer(support::AnswerSpec {
+            delay: PACE,
+            conversations: true,
+            ..support::AnswerSpec::new(ANSWER)
+        }),
+    );
+    let runtime = FakeRuntime::start().await;
+    let models = format!(r#"{{"{MODEL}":"{APP_KEY}"}}"#);
+    let mut vars = vec![
+        ("DIFY_API_BASE", dify.base_url()),
+        ("MODEL_CONFIG", models),
+        ("PROXY_API_KEYS", PROXY_KEY.to_string()),
+        ("CONVERSATION_TABLE", table),
+        // moto answers ~100 calls a second here; 64 chats asking at once queue for it.
+        ("STORE_LOOKUP_TIMEOUT_MS", "20000".to_string()),
+        ("STORE_WRITE_TIMEOUT_MS", "30000".to_string()),
+        ("AWS_LAMBDA_MAX_CONCURRENCY", STREAMS.to_string()),
+    ];
+    vars.extend(moto.env_vars());
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let function = Function::spawn(&runtime, &vars);
+    let pid = function.child.id();
+    // One long poll of /next per worker before any event is queued.
+    assert!(
+        runtime.wait_for_polls(STREAMS, WAIT).await,
+        "{} polls of /next, expected {STREAMS}\n{}",
+        runtime.next_polls(),
+        function.logs()
+    );
+    let cpu_start = cpu_ticks(pid);
+
+    let mut histories: Vec<Vec<Value>> = vec![Vec::new(); STREAMS];
+    for turn in 0..2 {
+        let started = Instant::now();
+        let ids: Vec<String> = histories
+            .iter_mut()
+            .enumerate()
+            .map(|(chat, history)| {
+                history.push(serde_json::json!({
+                    "role": "user",
+                    "content": format!("turn {turn} of chat {chat}")
+                }));
+                runtime.invoke(chat_event(chat, history))
+            })
+            .collect();
+        let responses =
+            futures_util::future::join_all(ids.iter().map(|id| function.response(&runtime, id)))
+                .await;
+        let wall = started.elapsed();
+
+        for (chat, response) in responses.iter().enumerate() {
+            assert_eq!(
+                response.status,
+                200,
+                "chat {chat}: {}",
+                response.body_text()
+            );
+            let events = sse_events(response);
+            assert_eq!(events.last().map(|e| e.data.as_str()), Some("[DONE]"));
+            assert!(
+                events.iter().all(|e| !e.data.contains("\"error\"")),
+                "chat {chat}: {}",
+                response.body_text()
+            );
+            let content: Vec<&SseEvent> = events
+                .iter()
+                .filter(|e| delta_content(&e.data).is_some())
+                .collect();
+            let text: String = content
+                .iter()
+                .filter_map(|e| delta_content(&e.data))
+                .collect();
+            assert_eq!(text, ANSWER, "chat {chat} turn {turn}");
+            // 10 words 150 ms apart (1.35 s from first to last at Dify): streamed, they
+            // arrive spread out; buffered, at once. Starting 64 streams on a loaded
+            // machine delayed first words by up to ~0.5 s (with CPU burners beside), so
+            // the bar is a third of the spread.
+            let spread = content.last().unwrap().at - content.first().unwrap().at;
+            let mut arrivals: Vec<Instant> = content.iter().map(|e| e.at).collect();
+            arrivals.dedup();
+            assert!(
+                spread >= PACE * 3 && arrivals.len() >= 3,
+                "chat {chat} turn {turn}: the answer arrived within {spread:?} in {} frame(s): buffered",
+                arrivals.len()
+            );
+            histories[chat].push(serde_json::json!({"role": "assistant", "content": text}));
+        }
+        let in_flight = max_in_flight(&responses);
+        println!(
+            "turn {turn}: {STREAMS} queued invocations answered in {wall:?}, at most {in_flight} at once"
+        );
+        assert_eq!(
+            in_flight,
+            STREAMS,
+            "turn {turn}: the invocations did not all run at once (wall {wall:?})\n{}",
+            function.logs()
+        );
+    }
+    let cpu_ms = (cpu_ticks(pid) - cpu_start) * 10;
+    let peak_mib = peak_rss_kib(pid) as f64 / 1024.0;
+    println!(
+        "{STREAMS} x 2 streamed turns: CPU {cpu_ms} ms ({:.2} ms per answer), peak RSS {peak_mib:.1} MiB",
+        cpu_ms as f64 / (2 * STREAMS) as f64
+    );
+
+    // Continuity: one Dify conversation per chat, continued by its second turn.
+    let requests = dify.requests();
+    for chat in 0..STREAMS {
+        let user = format!("user-{chat}");
+        let ids = dify.conversation_ids(APP_KEY, &user);
+        let mine: Vec<_> = requests
+            .iter()
+            .filter(|r| r.user() == Some(user.as_str()))
+            .collect();
+        assert_eq!(ids.len(), 1, "chat {chat}: {ids:?}");
+        assert_eq!(mine.len(), 2, "chat {chat}");
+        assert_eq!(
+            mine[1].conversation_id(),
+            Some(ids[0].as_str()),
+            "chat {chat}"
+        );
+        assert_eq!(
+            mine[1].query(),
+            Some(format!("turn 1 of chat {chat}").as_str())
+        );
+    }
+    // The classic template's 256 MB would hold these 64 streams; Managed Instances give 2 GiB.
+    assert!(peak_mib < 256.0, "peak RSS {peak_mib:.1} MiB");
+    let logs = function.logs();
+    assert!(
+        logs.contains(&format!("up to {STREAMS} invocations at once")),
+        "{logs}"
+    );
+    assert!(!logs.contains("WARN"), "{logs}");
+}
+
+#[tokio::test]
+async fn without_max_concurrency_invocations_run_one_at_a_time() {
+    // Classic Lambda: AWS_LAMBDA_MAX_CONCURRENCY unset, so the same binary takes one
+    // invocation, answers it, then asks for the next.
+    let dify = FakeDify::start().await;
+    dify.set(
+        APP_KEY,
+        Scenario::Answer(support::AnswerSpec {
+            delay: Duration::from_millis(100),
+            ..support::AnswerSpec::new("One two three.")
+        }),
+    );
+    let runtime = FakeRuntime::start().await;
+    let function = Function::serving(&runtime, &dify);
+    let ids: Vec<String> = (0..4)
+        .map(|chat| {
+            let history = [serde_json::json!({"role": "user", "content": "hi"})];
+            runtime.invoke(chat_event(chat, &history))
+        })
+        .collect();
+    let mut responses = Vec::new();
+    for id in &ids {
+        responses.push(function.response(&runtime, id).await);
+    }
+    assert!(responses.iter().all(|r| r.status == 200));
+    assert_eq!(max_in_flight(&responses), 1);
+    assert!(
+        function.logs().contains("one invocation at a time"),
+        "{}",
+        function.logs()
+    );
+}

@@ -3,7 +3,10 @@
 
 Run it with the tools venv's python (it needs aws-sam-translator, cfn-lint and sam):
 
-    .venv-tools/bin/python tests/template_check.py [--template template.yaml]
+    .venv-tools/bin/python tests/template_check.py [--template template.yaml ...]
+
+Without --template it checks both deployments: template.yaml (classic Lambda) and
+template-managed-instances.yaml (Lambda Managed Instances).
 
 Why more than `sam validate --lint`: cfn-lint 1.x lints the *untransformed* SAM template
 and misses FunctionUrlConfig, Runtime and Ref mistakes (see lambda-tooling.md §5). So this
@@ -54,6 +57,21 @@ MANAGED_POLICY_ALLOW_LIST = {
     f"arn:{PARTITION}:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole":
         "logs:CreateLogGroup, logs:CreateLogStream, logs:PutLogEvents on * (SAM adds it to every function role)",
 }
+# The capacity provider's operator role (Managed Instances only): Lambda assumes it to run
+# the EC2 instances; SAM creates it with exactly this AWS managed policy.
+OPERATOR_POLICY = f"arn:{PARTITION}:iam::aws:policy/AWSLambdaManagedEC2ResourceOperator"
+
+TEMPLATES = ["template.yaml", "template-managed-instances.yaml"]
+# Parameters without a default, per template, added to every scenario.
+REQUIRED = {
+    "template-managed-instances.yaml": {
+        "SubnetIds": "subnet-0123456789abcdef0,subnet-0fedcba9876543210",
+        "SecurityGroupIds": "sg-0123456789abcdef0",
+    },
+}
+# A maximal answer peaks at about this multiple of MAX_UPSTREAM_BYTES in resident memory
+# (README, MAX_UPSTREAM_BYTES: 86 MiB for the 32 MiB default, blocking delivery).
+PEAK_PER_UPSTREAM_BYTE = 2.7
 
 # Parameter sets the transformed template is evaluated with (on top of the defaults).
 SCENARIOS = {
@@ -170,7 +188,9 @@ class Evaluator:
         self.cfn = cfn
         self.params: dict[str, object] = {}
         for name, spec in cfn.get("Parameters", {}).items():
-            if name in overrides:
+            if name in overrides and str(spec.get("Type", "")).startswith("List<"):
+                self.params[name] = overrides[name].split(",")
+            elif name in overrides:
                 self.params[name] = overrides[name]
             elif "Default" in spec:
                 self.params[name] = spec["Default"]
@@ -402,6 +422,7 @@ def check_scenario(report: Report, cfn: dict, label: str, overrides: dict) -> No
     )
     timeout = f.get("Timeout", 3)
     report.check(0 < int(timeout) <= 900, "timeout within Lambda's 900 s cap", str(timeout))
+    check_concurrency(report, res, f, url, p)
 
     env = f.get("Environment", {}).get("Variables", {})
     report.info("function environment: " + ", ".join(f"{k}={'<hidden>' if k in ('MODEL_CONFIG', 'PROXY_API_KEYS') else v}" for k, v in sorted(env.items())))
@@ -431,16 +452,103 @@ def check_scenario(report: Report, cfn: dict, label: str, overrides: dict) -> No
     check_iam(report, res, fname, tname, p, ssm_mode_models and ssm_mode_keys)
 
 
+def check_concurrency(report: Report, res: dict, f: dict, url: dict, p: dict) -> None:
+    """Classic: one invocation per environment. Managed Instances: a capacity provider in
+    the given subnets, MaxConcurrency invocations per environment, and memory for them."""
+    env = f.get("Environment", {}).get("Variables", {})
+    report.check(
+        "AWS_LAMBDA_MAX_CONCURRENCY" not in env,
+        "AWS_LAMBDA_MAX_CONCURRENCY is left to Lambda (it sets it from the capacity provider config)",
+    )
+    providers = of_type(res, "AWS::Lambda::CapacityProvider")
+    config = f.get("CapacityProviderConfig")
+    if "MaxConcurrency" not in p:
+        report.check(
+            not providers and config is None,
+            "classic deployment: no capacity provider, one invocation per environment",
+            f"{len(providers)} provider(s), CapacityProviderConfig={config}",
+        )
+        return
+    pname, provider = next(iter(providers.items()), ("", {"Properties": {}}))
+    cp = provider["Properties"]
+    report.check(len(providers) == 1, "exactly one capacity provider", pname)
+    vpc = cp.get("VpcConfig", {})
+    report.check(
+        vpc.get("SubnetIds") == p["SubnetIds"] and vpc.get("SecurityGroupIds") == p["SecurityGroupIds"],
+        "capacity provider instances in the SubnetIds / SecurityGroupIds parameters",
+        json.dumps(vpc),
+    )
+    report.check(
+        cp.get("InstanceRequirements", {}).get("Architectures") == [p["Architecture"]],
+        "capacity provider instances have the function's architecture",
+        json.dumps(cp.get("InstanceRequirements")),
+    )
+    report.check(
+        cp.get("CapacityProviderScalingConfig", {}).get("MaxVCpuCount") == p["MaxVCpuCount"],
+        "capacity provider capped at MaxVCpuCount",
+        json.dumps(cp.get("CapacityProviderScalingConfig")),
+    )
+    operator = cp.get("PermissionsConfig", {}).get("CapacityProviderOperatorRoleArn", "")
+    report.check(
+        operator.endswith("OperatorRole.Arn>"),
+        "capacity provider has its operator role",
+        operator,
+    )
+    lmi = (config or {}).get("LambdaManagedInstancesCapacityProviderConfig", {})
+    report.check(
+        lmi.get("CapacityProviderArn")
+        in (f"<{pname}.Arn>", f"arn:{PARTITION}:lambda:{REGION}:{ACCOUNT}:capacity-provider:<{pname}>")
+        and str(lmi.get("PerExecutionEnvironmentMaxConcurrency")) == str(p["MaxConcurrency"]),
+        "the function runs on the capacity provider, MaxConcurrency invocations per environment",
+        json.dumps(lmi),
+    )
+    memory_mib = int(f.get("MemorySize", 128))
+    upstream = int(env.get("MAX_UPSTREAM_BYTES", 33554432))
+    worst_mib = int(p["MaxConcurrency"]) * PEAK_PER_UPSTREAM_BYTE * upstream / 2**20
+    report.check(
+        memory_mib >= 2048 and worst_mib < memory_mib,
+        "memory holds MaxConcurrency maximal answers at once (MaxConcurrency x 2.7 x MAX_UPSTREAM_BYTES)",
+        f"MemorySize {memory_mib} MiB, worst case {worst_mib:.0f} MiB",
+    )
+    aliases = of_type(res, "AWS::Lambda::Alias")
+    target = url.get("TargetFunctionArn")
+    report.check(
+        len(aliases) == 1 and target == f"<{next(iter(aliases))}>",
+        "the function URL serves the published alias (Managed Instances run versions only)",
+        f"TargetFunctionArn={target}, aliases={list(aliases)}",
+    )
+
+
 def statement_actions(st: dict) -> list[str]:
     return [str(a) for a in as_list(st.get("Action", []))]
 
 
+def k_is_lambda_assumed(role: dict) -> bool:
+    statements = as_list(role["Properties"].get("AssumeRolePolicyDocument", {}).get("Statement", []))
+    return bool(statements) and all(
+        as_list(st.get("Principal", {}).get("Service")) == ["lambda.amazonaws.com"]
+        and statement_actions(st) == ["sts:AssumeRole"]
+        for st in statements
+    )
+
+
 def check_iam(report: Report, res: dict, fname: str, tname: str, p: dict, ssm_mode: bool) -> None:
     roles = of_type(res, "AWS::IAM::Role")
+    operators = {
+        k: v for k, v in roles.items()
+        if v["Properties"].get("ManagedPolicyArns") == [OPERATOR_POLICY]
+        and not v["Properties"].get("Policies")
+    }
+    for oname in operators:
+        report.check(
+            k_is_lambda_assumed(roles[oname]),
+            f"{oname}: capacity provider operator role, only {OPERATOR_POLICY}, assumed by Lambda",
+        )
+    roles = {k: v for k, v in roles.items() if k not in operators}
     fn_role = res.get(fname, {}).get("Properties", {}).get("Role", "")
     report.check(
         len(roles) == 1 and fn_role == f"<{next(iter(roles), '')}.Arn>",
-        "one IAM role, used by the function",
+        "one IAM role (besides an operator role), used by the function",
         f"roles={list(roles)}, function Role={fn_role}",
     )
     statements: list[tuple[str, dict]] = []
@@ -522,14 +630,9 @@ def check_iam(report: Report, res: dict, fname: str, tname: str, p: dict, ssm_mo
 # ---------------------------------------------------------------------------------------
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--template", default=str(REPO / "template.yaml"), help="SAM template (default: template.yaml)")
-    ap.add_argument("--keep", help="also write the transformed CloudFormation JSON here")
-    args = ap.parse_args()
-    template = Path(args.template).resolve()
-    report = Report()
-    print(f"template_check: {template}")
+def check_template(report: Report, template: Path, keep: str | None) -> None:
+    print(f"\n######## template_check: {template}")
+    required = REQUIRED.get(template.name, {})
 
     # samconfig.toml is looked up next to the template, so run sam there.
     run(report, "sam validate --lint", [tool("sam"), "validate", "--lint", "-t", str(template)], template.parent)
@@ -544,15 +647,14 @@ def main() -> int:
         cfn = transform(template)
     except Exception as e:  # samtranslator raises InvalidDocumentException & co.
         report.check(False, "SAM transform (samtranslator)", f"{type(e).__name__}: {e}")
-        print(f"\ntemplate_check: {report.passed} passed, {report.failed} failed")
-        return 1
+        return
     report.check(True, "SAM transform (samtranslator)", f"{len(cfn.get('Resources', {}))} resources: " + ", ".join(f"{k} ({v['Type']})" for k, v in cfn["Resources"].items()))
 
     with tempfile.TemporaryDirectory(prefix="template-check-") as tmp:
         out = Path(tmp) / "cfn.json"
         out.write_text(json.dumps(cfn, indent=1))
-        if args.keep:
-            shutil.copyfile(out, args.keep)
+        if keep:
+            shutil.copyfile(out, keep)
         # cfn-lint exit status is a bit mask: 2 = errors, 4 = warnings, 8 = informational.
         proc = subprocess.run(
             [tool("cfn-lint"), "--regions", REGION, "--", str(out)],
@@ -571,10 +673,23 @@ def main() -> int:
     check_raw(report, cfn)
     for label, overrides in SCENARIOS.items():
         try:
-            check_scenario(report, copy.deepcopy(cfn), label, overrides)
+            check_scenario(report, copy.deepcopy(cfn), label, {**required, **overrides})
         except Exception as e:  # a template shape this script does not understand
             report.check(False, f"scenario {label!r} evaluated", f"{type(e).__name__}: {e}")
 
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--template", action="append",
+        help="SAM template; repeat for several (default: " + ", ".join(TEMPLATES) + ")",
+    )
+    ap.add_argument("--keep", help="also write the transformed CloudFormation JSON here (last template)")
+    args = ap.parse_args()
+    templates = [Path(t).resolve() for t in (args.template or [REPO / t for t in TEMPLATES])]
+    report = Report()
+    for template in templates:
+        check_template(report, template, args.keep)
     print(f"\ntemplate_check: {report.passed} passed, {report.failed} failed")
     return 1 if report.failed else 0
 

@@ -2,9 +2,10 @@
 //! with the same requests sent straight to that fake Dify in the same run.
 //!
 //! `cargo bench --bench proxy` runs every section; name sections after `--` to run only
-//! those: `cargo bench --bench proxy -- latency load coldstart`. `BENCH_RUNS` (default 30)
-//! sets the paced runs per arm, `BENCH_LOAD_SECS` (default 5) the measured seconds per
-//! load level. `TOKIO_WORKER_THREADS` and `RUST_LOG`, when set, are passed to the proxy.
+//! those: `cargo bench --bench proxy -- latency load lambda watch concurrency coldstart`.
+//! `BENCH_RUNS` (default 30) sets the paced runs per arm (half as many realistic ones),
+//! `BENCH_LOAD_SECS` (default 5) the measured seconds per load level. `watch` needs
+//! cargo-lambda on PATH (`.venv-tools/bin`), `coldstart` moto_server. `TOKIO_WORKER_THREADS` and `RUST_LOG`, when set, are passed to the proxy.
 //!
 //! Processes, all on 127.0.0.1:
 //! - **fake Dify**: this bench binary re-executed with `OPENDIFY_BENCH_ROLE=fake-dify`, so
@@ -21,6 +22,8 @@
 //! - `paced`: 500 characters in 80 `message` frames (orjson framing, as Dify ≥ 1.8 writes
 //!   them) plus `message_end`, each frame written after a pause of 10–30 ms (a fixed
 //!   pseudo-random sequence, so both arms wait the same): ~1.6 s per answer.
+//! - `realistic`: the same frames as an LLM behind Dify sends them: the first 150 ms after
+//!   the request, then 20–50 ms apart (~3 s per answer).
 //! - `fast`: the same frames without pauses (one write per frame): what the proxy costs
 //!   when it is the bottleneck.
 //!
@@ -31,17 +34,25 @@
 //!   while idle during the direct runs (same wall time), and its peak RSS under one stream.
 //!   Then the same with `fast` answers (200 runs per arm), which has no timer noise.
 //! - `load`: closed loop, `fast` answers, 8 / 64 / 256 concurrent streams, direct vs proxy.
-//! - `lambda`: the `latency` comparison with the proxy in Lambda mode, behind the fake
-//!   Runtime API of `tests/support/lambda_runtime.rs` (in this process): times run from the
-//!   moment `/next` hands out a function-URL event to the arrival of the response body
-//!   frames the function streams back.
+//! - `lambda`: three arms in rotating order — Dify direct, the proxy in local mode, the
+//!   proxy in Lambda mode behind the fake Runtime API of `tests/support/lambda_runtime.rs`
+//!   (in this process) — for `fast`, `paced` and `realistic` answers. Lambda-mode times run
+//!   from the moment `/next` hands out a function-URL event to the arrival of the response
+//!   body frames the function streams back; read them against local mode.
+//! - `watch`: local mode against `cargo lambda watch --release` (its Runtime API and
+//!   function-URL emulation), `fast` and `paced` answers, alternating.
+//! - `concurrency`: paced answers queued at once in Lambda mode: 16 with
+//!   `AWS_LAMBDA_MAX_CONCURRENCY` unset (one at a time, classic Lambda), 64 with it at 64
+//!   (Lambda Managed Instances): wall time, most in flight, TTFT, peak RSS, CPU.
 //! - `responses`: the proxy's `POST /v1/responses` against its `POST /v1/chat/completions`
 //!   for the same `paced` and `fast` answers (ABBA): TTFT and total, as ratios.
 //! - `coldstart`: process start → `listening on` → first `GET /v1/models` answered → first
 //!   streamed chat answered, with `CONVERSATION_TABLE` on a local `moto_server` (its own
 //!   process, started here, stopped at the end); also with the in-memory store. Baselines:
 //!   `/bin/true` start → exit, and the binary with an invalid configuration start → exit.
-//!   Also the size of the binary.
+//!   Also the size of the binary, and Lambda init: a fresh process behind a fresh fake
+//!   Runtime API with two events already queued, start → first invocation answered, with
+//!   secrets in the environment or from SSM (moto) and the memory or DynamoDB store.
 //!
 //! The machine has 2 cores shared by all three processes (and whatever else runs): the
 //! ratios against the direct arm are the figures to read, not the absolute numbers.
@@ -69,6 +80,7 @@ use serde_json::json;
 
 const ROLE_VAR: &str = "OPENDIFY_BENCH_ROLE";
 const KEY_PACED: &str = "app-bench-paced-00000000000001";
+const KEY_REALISTIC: &str = "app-bench-realistic-000000003";
 const KEY_FAST: &str = "app-bench-fast-000000000000002";
 const PROXY_KEY: &str = "sk-bench-proxy-key-0001";
 const FIRST_WORD: &str = "Benchmarking";
@@ -110,6 +122,12 @@ fn main() {
     }
     if wants("lambda") {
         rt.block_on(lambda(&fake, runs, &mut report));
+    }
+    if wants("watch") {
+        rt.block_on(watch(&fake, runs, &mut report));
+    }
+    if wants("concurrency") {
+        rt.block_on(concurrency(&fake, &mut report));
     }
     if wants("responses") {
         rt.block_on(responses(&fake, runs, &mut report));
@@ -217,15 +235,49 @@ impl Lcg {
 const HEAD: &str = r#"{"event":"message","conversation_id":"7d2f9a61-3b4e-4c8a-b1d5-0e6f2a9c4b37","message_id":"a3e1c7f2-6d4b-4e9a-8c5f-1b2d3e4f5a6b","created_at":1784212345,"task_id":"5c4a1e3b-8f0d-4f6b-9a2e-3d7c1b0e9f11","id":"a3e1c7f2-6d4b-4e9a-8c5f-1b2d3e4f5a6b","answer":"#;
 const END: &str = r#"data: {"event":"message_end","conversation_id":"7d2f9a61-3b4e-4c8a-b1d5-0e6f2a9c4b37","message_id":"a3e1c7f2-6d4b-4e9a-8c5f-1b2d3e4f5a6b","created_at":1784212345,"task_id":"5c4a1e3b-8f0d-4f6b-9a2e-3d7c1b0e9f11","id":"a3e1c7f2-6d4b-4e9a-8c5f-1b2d3e4f5a6b","metadata":{"annotation_reply":null,"retriever_resources":[],"usage":{"prompt_tokens":11,"prompt_unit_price":"0.15","prompt_price_unit":"0.000001","prompt_price":"0.0000017","completion_tokens":80,"completion_unit_price":"0.6","completion_price_unit":"0.000001","completion_price":"0.0000480","total_tokens":91,"total_price":"0.0000497","currency":"USD","latency":1.62,"time_to_first_token":null,"time_to_generate":null}},"files":null}"#;
 
-/// The Dify frames of the answer, each with the pause before it (zero when not paced).
-fn answer_parts(paced: bool) -> Vec<(Bytes, Duration)> {
-    let mut rng = Lcg(0xdead_beef);
-    let mut pause = move || {
-        if paced {
-            Duration::from_millis(10 + (rng.next() % 21) as u64)
-        } else {
-            Duration::ZERO
+/// How Dify sends the answer.
+#[derive(Clone, Copy, PartialEq)]
+enum Answer {
+    /// All frames at once.
+    Fast,
+    /// 10–30 ms before every frame.
+    Paced,
+    /// As an LLM behind Dify does: the first word 150 ms after the request, then 20–50 ms
+    /// between frames (~3 s per answer).
+    Realistic,
+}
+
+impl Answer {
+    fn name(self) -> &'static str {
+        match self {
+            Answer::Fast => "fast",
+            Answer::Paced => "paced",
+            Answer::Realistic => "realistic",
         }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Answer::Fast => KEY_FAST,
+            Answer::Paced => KEY_PACED,
+            Answer::Realistic => KEY_REALISTIC,
+        }
+    }
+}
+
+/// The Dify frames of the answer, each with the pause before it.
+fn answer_parts(answer: Answer) -> Vec<(Bytes, Duration)> {
+    let mut rng = Lcg(0xdead_beef);
+    let mut first = true;
+    let mut pause = move || {
+        let ms = match answer {
+            Answer::Fast => 0,
+            Answer::Paced => 10 + (rng.next() % 21) as u64,
+            Answer::Realistic if first => 150,
+            Answer::Realistic => 20 + (rng.next() % 31) as u64,
+        };
+        first = false;
+        Duration::from_millis(ms)
     };
     let mut parts: Vec<(Bytes, Duration)> = answer_pieces()
         .iter()
@@ -252,18 +304,14 @@ fn fake_dify_process() {
         .expect("runtime");
     rt.block_on(async {
         let fake = FakeDify::start().await;
-        fake.set(
-            KEY_PACED,
-            Scenario::Raw {
-                parts: answer_parts(true),
-            },
-        );
-        fake.set(
-            KEY_FAST,
-            Scenario::Raw {
-                parts: answer_parts(false),
-            },
-        );
+        for answer in [Answer::Fast, Answer::Paced, Answer::Realistic] {
+            fake.set(
+                answer.key(),
+                Scenario::Raw {
+                    parts: answer_parts(answer),
+                },
+            );
+        }
         println!("READY {}", fake.base_url());
         let _ = std::io::stdout().flush();
         // Until the bench process closes our stdin (it exits, or is killed): bounded by
@@ -373,7 +421,7 @@ fn proxy_vars(fake: &FakeProcess) -> Vec<(&'static str, String)> {
         ("DIFY_API_BASE", fake.base.clone()),
         (
             "MODEL_CONFIG",
-            json!({"paced": KEY_PACED, "fast": KEY_FAST}).to_string(),
+            json!({"paced": KEY_PACED, "fast": KEY_FAST, "realistic": KEY_REALISTIC}).to_string(),
         ),
         ("PROXY_API_KEYS", PROXY_KEY.to_string()),
         ("SERVER_PORT", "0".to_string()),
@@ -563,38 +611,37 @@ impl Target {
         }
     }
 
-    fn body(&self, paced: bool) -> serde_json::Value {
+    fn body(&self, answer: Answer) -> serde_json::Value {
         let query = "Summarise the quarterly report in a few sentences.";
         match self.arm {
             Arm::Direct => json!({
                 "inputs": {}, "query": query, "response_mode": "streaming", "user": "bench"
             }),
             Arm::Proxy => json!({
-                "model": if paced { "paced" } else { "fast" },
+                "model": answer.name(),
                 "stream": true,
                 "messages": [{"role": "user", "content": query}]
             }),
             Arm::Responses => json!({
-                "model": if paced { "paced" } else { "fast" },
+                "model": answer.name(),
                 "stream": true,
                 "input": query
             }),
         }
     }
 
-    fn key(&self, paced: bool) -> &'static str {
-        match (self.arm, paced) {
-            (Arm::Proxy | Arm::Responses, _) => PROXY_KEY,
-            (Arm::Direct, true) => KEY_PACED,
-            (Arm::Direct, false) => KEY_FAST,
+    fn key(&self, answer: Answer) -> &'static str {
+        match self.arm {
+            Arm::Proxy | Arm::Responses => PROXY_KEY,
+            Arm::Direct => answer.key(),
         }
     }
 
     /// One streamed answer: time to the first answer word and to the end of the body.
-    async fn run(&self, paced: bool) -> Result<Sample, String> {
-        let body = self.body(paced);
+    async fn run(&self, answer: Answer) -> Result<Sample, String> {
+        let body = self.body(answer);
         let started = Instant::now();
-        let mut request = self.client.post(&self.url).bearer_auth(self.key(paced));
+        let mut request = self.client.post(&self.url).bearer_auth(self.key(answer));
         if let Some(chat_id) = &self.chat_id {
             request = request.header("x-openwebui-chat-id", chat_id);
         }
@@ -694,12 +741,13 @@ async fn latency(fake: &FakeProcess, runs: usize, report: &mut Vec<String>) {
     // Warm both connection pools (client → proxy → fake, client → fake).
     for _ in 0..3 {
         for t in [&direct, &via] {
-            t.run(false).await.expect("warm-up");
+            t.run(Answer::Fast).await.expect("warm-up");
         }
     }
-    for paced in [true, false] {
+    for answer in [Answer::Paced, Answer::Fast] {
+        let paced = answer == Answer::Paced;
         let n = if paced { runs } else { FAST_RUNS };
-        let name = if paced { "paced" } else { "fast" };
+        let name = answer.name();
         let mut samples: [Vec<Sample>; 2] = [Vec::new(), Vec::new()];
         // The proxy's CPU while it serves (proxy arm) and while it idles (direct arm).
         let mut cpu_ms: [(f64, f64); 2] = [(0.0, 0.0); 2];
@@ -713,7 +761,7 @@ async fn latency(fake: &FakeProcess, runs: usize, report: &mut Vec<String>) {
                 let t = if a == 0 { &direct } else { &via };
                 let before = cpu(pid);
                 let t0 = Instant::now();
-                let r = t.run(paced).await;
+                let r = t.run(answer).await;
                 wall[a] += t0.elapsed().as_secs_f64() * 1e3;
                 let (ticks, ns) = cpu(pid).since(&before);
                 cpu_ms[a].0 += ticks;
@@ -809,19 +857,23 @@ async fn responses(fake: &FakeProcess, runs: usize, report: &mut Vec<String>) {
     let resp = Target::new(Arm::Responses, &proxy.url);
     for _ in 0..3 {
         for t in [&chat, &resp] {
-            t.run(false).await.expect("warm-up");
+            t.run(Answer::Fast).await.expect("warm-up");
         }
     }
-    for paced in [true, false] {
-        let n = if paced { runs } else { FAST_RUNS };
-        let name = if paced { "paced" } else { "fast" };
+    for answer in [Answer::Paced, Answer::Fast] {
+        let n = if answer == Answer::Fast {
+            FAST_RUNS
+        } else {
+            runs
+        };
+        let name = answer.name();
         let mut samples: [Vec<Sample>; 2] = [Vec::new(), Vec::new()];
         let mut errors = 0;
         for i in 0..n {
             let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
             for a in order {
                 let t = if a == 0 { &chat } else { &resp };
-                match t.run(paced).await {
+                match t.run(answer).await {
                     Ok(s) => samples[a].push(s),
                     Err(e) => {
                         errors += 1;
@@ -851,7 +903,7 @@ async fn responses(fake: &FakeProcess, runs: usize, report: &mut Vec<String>) {
 // ---------------------------------------------------------------------------
 // Section: the same comparison in Lambda mode
 
-fn function_url_event(paced: bool) -> serde_json::Value {
+fn function_url_event(answer: Answer) -> serde_json::Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/events/chat-streaming.json");
     let mut event: serde_json::Value =
         serde_json::from_slice(&std::fs::read(path).expect("events/chat-streaming.json"))
@@ -859,7 +911,7 @@ fn function_url_event(paced: bool) -> serde_json::Value {
     event["headers"]["authorization"] = json!(format!("Bearer {PROXY_KEY}"));
     event["body"] = json!(
         json!({
-            "model": if paced { "paced" } else { "fast" },
+            "model": answer.name(),
             "stream": true,
             "messages": [{"role": "user", "content": "Summarise the quarterly report."}]
         })
@@ -892,8 +944,10 @@ async fn lambda_run(
     })
 }
 
+/// Three arms in rotating order: Dify direct, the proxy in local mode, the proxy in Lambda
+/// mode behind the fake Runtime API. The Lambda figures are read against local mode.
 async fn lambda(fake: &FakeProcess, runs: usize, report: &mut Vec<String>) {
-    println!("\n== lambda: one stream at a time, direct vs through the proxy in Lambda mode ==");
+    println!("\n== lambda: one stream at a time, direct vs local mode vs Lambda mode ==");
     let runtime = lambda_runtime::FakeRuntime::start().await;
     let mut vars = proxy_vars(fake);
     vars.extend([
@@ -911,24 +965,31 @@ async fn lambda(fake: &FakeProcess, runs: usize, report: &mut Vec<String>) {
         println!("lambda: the function never polled /next; skipped");
         return;
     }
+    let local_proxy = Proxy::start(&proxy_vars(fake));
     let direct = Target::new(Arm::Direct, &fake.base);
-    for paced in [false, true] {
-        let event = function_url_event(paced);
+    let local = Target::new(Arm::Proxy, &local_proxy.url);
+    for answer in [Answer::Fast, Answer::Paced, Answer::Realistic] {
+        let event = function_url_event(answer);
         for _ in 0..3 {
             let _ = lambda_run(&runtime, &event).await;
-            let _ = direct.run(paced).await;
+            let _ = direct.run(answer).await;
+            let _ = local.run(answer).await;
         }
-        let n = if paced { runs } else { FAST_RUNS / 2 };
-        let name = if paced { "paced" } else { "fast" };
-        let mut samples: [Vec<Sample>; 2] = [Vec::new(), Vec::new()];
+        let n = match answer {
+            Answer::Fast => FAST_RUNS / 2,
+            Answer::Paced => runs,
+            Answer::Realistic => runs.div_ceil(2),
+        };
+        let name = answer.name();
+        let mut samples: [Vec<Sample>; 3] = [Vec::new(), Vec::new(), Vec::new()];
         let mut errors = 0;
         for i in 0..n {
-            let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
-            for a in order {
-                let r = if a == 0 {
-                    direct.run(paced).await
-                } else {
-                    lambda_run(&runtime, &event).await
+            for k in 0..3 {
+                let a = (i + k) % 3;
+                let r = match a {
+                    0 => direct.run(answer).await,
+                    1 => local.run(answer).await,
+                    _ => lambda_run(&runtime, &event).await,
                 };
                 match r {
                     Ok(s) => samples[a].push(s),
@@ -942,13 +1003,276 @@ async fn lambda(fake: &FakeProcess, runs: usize, report: &mut Vec<String>) {
         let med = |a: usize, f: fn(&Sample) -> Duration| {
             median(&samples[a].iter().map(|s| ms(f(s))).collect::<Vec<_>>())
         };
-        let (d_ttft, l_ttft) = (med(0, |s| s.ttft), med(1, |s| s.ttft));
-        let (d_total, l_total) = (med(0, |s| s.total), med(1, |s| s.total));
+        let [d_ttft, h_ttft, l_ttft] = [0, 1, 2].map(|a| med(a, |s| s.ttft));
+        let [d_total, h_total, l_total] = [0, 1, 2].map(|a| med(a, |s| s.total));
         let line = format!(
-            "lambda/{name} (n={n}, errors={errors}): TTFT direct {d_ttft:.2} ms, Lambda mode {l_ttft:.2} ms, diff {:+.2} ms; total direct {d_total:.1} ms, Lambda mode {l_total:.1} ms, diff {:+.2} ms = {:+.3} %",
-            l_ttft - d_ttft,
-            l_total - d_total,
-            (l_total / d_total - 1.0) * 100.0
+            "lambda/{name} (n={n}, errors={errors}): TTFT direct {d_ttft:.2}, local {h_ttft:.2}, Lambda {l_ttft:.2} ms: \
+             Lambda - local {:+.2} ms (local - direct {:+.2}); total direct {d_total:.1}, local {h_total:.1}, Lambda {l_total:.1} ms: \
+             Lambda / local {:+.3} %",
+            l_ttft - h_ttft,
+            h_ttft - d_ttft,
+            (l_total / h_total - 1.0) * 100.0
+        );
+        println!("{line}");
+        report.push(line);
+    }
+}
+
+/// Starts the function in Lambda mode behind `runtime`: `base` (e.g. [`proxy_vars`]) plus
+/// the variables Lambda sets, plus `more`.
+fn lambda_function(
+    base: Vec<(&'static str, String)>,
+    runtime: &lambda_runtime::FakeRuntime,
+    more: &[(&'static str, String)],
+) -> KillOnDrop {
+    let mut vars = base;
+    vars.extend([
+        ("AWS_LAMBDA_RUNTIME_API", runtime.runtime_api()),
+        ("AWS_LAMBDA_FUNCTION_NAME", "opendify".to_string()),
+        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_string()),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "2048".to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
+    ]);
+    vars.extend(more.iter().cloned());
+    let mut cmd = proxy_command(&vars);
+    cmd.stderr(Stdio::null());
+    KillOnDrop(cmd.spawn().expect("start opendify"))
+}
+
+/// `count` paced answers queued at once; (wall time, most in flight at one moment, TTFTs).
+async fn queued_at_once(
+    runtime: &lambda_runtime::FakeRuntime,
+    count: usize,
+) -> Result<(Duration, usize, Vec<f64>), String> {
+    let event = function_url_event(Answer::Paced);
+    let started = Instant::now();
+    let ids: Vec<String> = (0..count).map(|_| runtime.invoke_json(&event)).collect();
+    let mut edges = Vec::new();
+    let mut ttfts = Vec::new();
+    for id in &ids {
+        let inv = runtime.wait_for_response(id, REQUEST_TIMEOUT).await?;
+        if inv.status != 200 || !inv.body.ends_with(b"data: [DONE]\n\n") {
+            return Err(format!("HTTP {}: {}", inv.status, inv.body_text()));
+        }
+        let offset = inv
+            .body
+            .windows(FIRST_WORD.len())
+            .position(|w| w == FIRST_WORD.as_bytes())
+            .ok_or("no first word")?;
+        let first = inv.arrival_of(offset).ok_or("no arrival time")?;
+        ttfts.push(ms(first.saturating_duration_since(inv.delivered)));
+        edges.push((inv.delivered, 1i32));
+        edges.push((inv.raw.finished.ok_or("not finished")?, -1i32));
+    }
+    let wall = started.elapsed();
+    edges.sort();
+    let (mut now, mut max) = (0i32, 0i32);
+    for (_, step) in edges {
+        now += step;
+        max = max.max(now);
+    }
+    Ok((wall, max as usize, ttfts))
+}
+
+/// Lambda Managed Instances: paced answers queued at once, one at a time
+/// (`AWS_LAMBDA_MAX_CONCURRENCY` unset, classic Lambda) against 64 at once in one process
+/// (`AWS_LAMBDA_MAX_CONCURRENCY=64`): wall time, most in flight, TTFT, peak RSS, CPU.
+async fn concurrency(fake: &FakeProcess, report: &mut Vec<String>) {
+    println!("\n== concurrency: paced answers queued at once, Lambda mode ==");
+    for (queued, max) in [(16usize, None), (64, Some(64usize))] {
+        let runtime = lambda_runtime::FakeRuntime::start().await;
+        let more: Vec<(&'static str, String)> = max
+            .map(|m| vec![("AWS_LAMBDA_MAX_CONCURRENCY", m.to_string())])
+            .unwrap_or_default();
+        let function = lambda_function(proxy_vars(fake), &runtime, &more);
+        let pid = function.0.id();
+        if !runtime
+            .wait_for_polls(max.unwrap_or(1), Duration::from_secs(30))
+            .await
+        {
+            println!("concurrency: the function never polled /next; skipped");
+            return;
+        }
+        // One answer first, so the peak below is the load's, not the start's.
+        let _ = queued_at_once(&runtime, 1).await;
+        let hwm_ready = status_kb(pid, "VmHWM");
+        let before = cpu(pid);
+        let line = match queued_at_once(&runtime, queued).await {
+            Ok((wall, in_flight, ttfts)) => {
+                let (cpu_ms, _) = cpu(pid).since(&before);
+                let ttfts = sorted(ttfts);
+                format!(
+                    "concurrency/{queued} queued, AWS_LAMBDA_MAX_CONCURRENCY={}: wall {:.2} s, at most {in_flight} at once; \
+                     TTFT p50 {:.1} ms, p99 {:.1} ms; peak RSS {:.1} MB (after one answer {:.1} MB); CPU {cpu_ms:.0} ms = {:.2} ms per answer",
+                    max.map_or("unset".to_string(), |m| m.to_string()),
+                    wall.as_secs_f64(),
+                    pct(&ttfts, 50.0),
+                    pct(&ttfts, 99.0),
+                    status_kb(pid, "VmHWM") as f64 / 1024.0,
+                    hwm_ready as f64 / 1024.0,
+                    cpu_ms / queued as f64,
+                )
+            }
+            Err(e) => format!("concurrency/{queued}: error {e}"),
+        };
+        println!("{line}");
+        report.push(line);
+    }
+}
+
+/// `cargo lambda watch --release` in its own process group (the function runs in one more
+/// group that watch names in its log); both are ended by their ids when dropped.
+struct WatchProcess {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl WatchProcess {
+    fn start(fake: &FakeProcess, port: u16) -> WatchProcess {
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args([
+            "lambda",
+            "watch",
+            "--release",
+            "--ignore-changes",
+            "--disable-cors",
+        ])
+        .args(["-A", "127.0.0.1", "-P", &port.to_string()])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", std::env::var("HOME").unwrap_or_default())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        for knob in [
+            "CARGO_TARGET_DIR",
+            "RUSTUP_HOME",
+            "CARGO_HOME",
+            "RUSTUP_TOOLCHAIN",
+        ] {
+            if let Ok(v) = std::env::var(knob) {
+                cmd.env(knob, v);
+            }
+        }
+        for (k, v) in proxy_vars(fake) {
+            if k != "SERVER_PORT" {
+                cmd.env(k, v);
+            }
+        }
+        cmd.env("AWS_EC2_METADATA_DISABLED", "true");
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut child = cmd.spawn().expect("start cargo lambda watch");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap();
+                if l.len() < 1 << 20 {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+        WatchProcess { child, log }
+    }
+}
+
+fn kill_group(pgid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([format!("-{signal}"), "--".into(), format!("-{pgid}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+impl Drop for WatchProcess {
+    fn drop(&mut self) {
+        let watch = self.child.id();
+        kill_group(watch, "TERM");
+        std::thread::sleep(Duration::from_millis(500));
+        kill_group(watch, "KILL");
+        let _ = self.child.wait();
+        let log = self.log.lock().unwrap().clone();
+        for group in log
+            .lines()
+            .filter_map(|l| l.split("process group spawned pgid=").nth(1))
+            .filter_map(|r| r.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        {
+            kill_group(group, "KILL");
+        }
+    }
+}
+
+/// The `lambda` comparison through `cargo lambda watch` (its Runtime API and function-URL
+/// emulation, release build of the function) against local mode in the same run.
+async fn watch(fake: &FakeProcess, runs: usize, report: &mut Vec<String>) {
+    println!("\n== watch: one stream at a time, local mode vs cargo lambda watch ==");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let mut watch = WatchProcess::start(fake, port);
+    let local_proxy = Proxy::start(&proxy_vars(fake));
+    let local = Target::new(Arm::Proxy, &local_proxy.url);
+    let through = Target::new(
+        Arm::Proxy,
+        &format!("http://127.0.0.1:{port}/lambda-url/opendify"),
+    );
+    // The first request starts the function (`cargo run --release`, already built).
+    let ready = Instant::now();
+    while through.run(Answer::Fast).await.is_err() {
+        if ready.elapsed() > Duration::from_secs(300) || !matches!(watch.child.try_wait(), Ok(None))
+        {
+            println!(
+                "watch: the function never answered (is cargo-lambda on PATH?); skipped\n{}",
+                watch.log.lock().unwrap()
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for answer in [Answer::Fast, Answer::Paced] {
+        for _ in 0..3 {
+            let _ = local.run(answer).await;
+            let _ = through.run(answer).await;
+        }
+        let n = if answer == Answer::Fast {
+            FAST_RUNS / 2
+        } else {
+            runs
+        };
+        let mut samples: [Vec<Sample>; 2] = [Vec::new(), Vec::new()];
+        let mut errors = 0;
+        for i in 0..n {
+            let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+            for a in order {
+                let r = if a == 0 {
+                    local.run(answer).await
+                } else {
+                    through.run(answer).await
+                };
+                match r {
+                    Ok(s) => samples[a].push(s),
+                    Err(e) => {
+                        errors += 1;
+                        eprintln!("watch {} arm {a}: {e}", answer.name());
+                    }
+                }
+            }
+        }
+        let med = |a: usize, f: fn(&Sample) -> Duration| {
+            median(&samples[a].iter().map(|s| ms(f(s))).collect::<Vec<_>>())
+        };
+        let (h_ttft, w_ttft) = (med(0, |s| s.ttft), med(1, |s| s.ttft));
+        let (h_total, w_total) = (med(0, |s| s.total), med(1, |s| s.total));
+        let line = format!(
+            "watch/{} (n={n}, errors={errors}): TTFT local {h_ttft:.2}, watch {w_ttft:.2} ms, diff {:+.2} ms; total local {h_total:.1}, watch {w_total:.1} ms, {:+.3} %",
+            answer.name(),
+            w_ttft - h_ttft,
+            (w_total / h_total - 1.0) * 100.0
         );
         println!("{line}");
         report.push(line);
@@ -986,7 +1310,7 @@ async fn run_load(target: Arc<Target>, concurrency: usize, secs: f64) -> LoadRes
         tasks.push(tokio::spawn(async move {
             let mut out = (Vec::new(), 0usize, None::<String>);
             while Instant::now() < deadline {
-                match t.run(false).await {
+                match t.run(Answer::Fast).await {
                     Ok(s) => out.0.push(s),
                     Err(e) => {
                         out.1 += 1;
@@ -1268,6 +1592,7 @@ fn coldstart(fake: &FakeProcess, rt: &tokio::runtime::Runtime, report: &mut Vec<
         Ok(c) => print("DynamoDB store (moto)", c),
         Err(e) => println!("cold start with DynamoDB skipped: {e}"),
     }
+    rt.block_on(lambda_init(fake, report));
     let base = median(&invalid);
     report.push(format!(
         "coldstart baselines: /bin/true {:.2} ms, invalid-config exit {base:.2} ms",
@@ -1290,6 +1615,134 @@ fn coldstart(fake: &FakeProcess, rt: &tokio::runtime::Runtime, report: &mut Vec<
     }
 }
 
+/// `events/models.json` with the bench's proxy key.
+fn models_event() -> serde_json::Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/events/models.json");
+    let mut event: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).expect("events/models.json"))
+            .expect("event JSON");
+    event["headers"]["authorization"] = json!(format!("Bearer {PROXY_KEY}"));
+    event
+}
+
+/// Lambda init, as Lambda sees it: a fresh process behind a fresh fake Runtime API with a
+/// `GET /v1/models` and a streamed chat already queued. Per run: process start → the first
+/// invocation's response complete, → the second's, and peak RSS.
+async fn lambda_init_runs(
+    base: &[(&'static str, String)],
+) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>), String> {
+    let (mut first, mut chat, mut hwm) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..COLD_RUNS {
+        let runtime = lambda_runtime::FakeRuntime::start().await;
+        let models = runtime.invoke_json(&models_event());
+        let streamed = runtime.invoke_json(&function_url_event(Answer::Fast));
+        let started = Instant::now();
+        let function = lambda_function(base.to_vec(), &runtime, &[]);
+        let m = runtime.wait_for_response(&models, REQUEST_TIMEOUT).await?;
+        let c = runtime
+            .wait_for_response(&streamed, REQUEST_TIMEOUT)
+            .await?;
+        if m.status != 200 || c.status != 200 || !c.body.ends_with(b"data: [DONE]\n\n") {
+            return Err(format!(
+                "HTTP {} / {}: {}",
+                m.status,
+                c.status,
+                c.body_text()
+            ));
+        }
+        let done = |r: &lambda_runtime::Invocation| {
+            ms(r.raw
+                .finished
+                .unwrap_or(r.delivered)
+                .saturating_duration_since(started))
+        };
+        first.push(done(&m));
+        chat.push(done(&c));
+        hwm.push(status_kb(function.0.id(), "VmHWM") as f64 / 1024.0);
+    }
+    Ok((first, chat, hwm))
+}
+
+async fn put_ssm_parameter(moto: &moto::Moto, name: &str, value: &str) -> Result<(), String> {
+    let config = aws_sdk_ssm::Config::builder()
+        .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
+        .region(aws_sdk_ssm::config::Region::new(moto::REGION))
+        .credentials_provider(aws_sdk_ssm::config::Credentials::new(
+            "test", "test", None, None, "bench",
+        ))
+        .endpoint_url(moto.endpoint())
+        .build();
+    aws_sdk_ssm::Client::from_conf(config)
+        .put_parameter()
+        .name(name)
+        .value(value)
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .overwrite(true)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("put_parameter: {e}"))
+}
+
+/// Lambda init with secrets in the environment and the memory store; with the DynamoDB
+/// store; with secrets from SSM and the DynamoDB store (moto for both).
+async fn lambda_init(fake: &FakeProcess, report: &mut Vec<String>) {
+    println!(
+        "\n== Lambda init: process start → first invocation answered, {COLD_RUNS} runs each =="
+    );
+    if !has_moto() {
+        println!("Lambda init skipped: moto_server not found");
+        return;
+    }
+    let moto = moto::Moto::start_owned().await;
+    let table = moto.fresh_table().await;
+    let models_json =
+        json!({"paced": KEY_PACED, "fast": KEY_FAST, "realistic": KEY_REALISTIC}).to_string();
+    let ssm = async {
+        put_ssm_parameter(&moto, "/bench/models", &models_json).await?;
+        put_ssm_parameter(&moto, "/bench/keys", PROXY_KEY).await
+    };
+    if let Err(e) = ssm.await {
+        println!("Lambda init skipped: {e}");
+        moto.stop().await;
+        return;
+    }
+    let env_memory = proxy_vars(fake);
+    let mut env_dynamo = proxy_vars(fake);
+    env_dynamo.push(("CONVERSATION_TABLE", table.clone()));
+    env_dynamo.extend(moto.env_vars());
+    let mut ssm_dynamo: Vec<(&'static str, String)> = proxy_vars(fake)
+        .into_iter()
+        .filter(|(k, _)| *k != "MODEL_CONFIG" && *k != "PROXY_API_KEYS")
+        .collect();
+    ssm_dynamo.extend([
+        ("MODEL_CONFIG_PARAMETER", "/bench/models".to_string()),
+        ("PROXY_API_KEYS_PARAMETER", "/bench/keys".to_string()),
+        ("CONVERSATION_TABLE", table),
+        ("AWS_ENDPOINT_URL_SSM", moto.endpoint()),
+    ]);
+    ssm_dynamo.extend(moto.env_vars());
+    for (name, vars) in [
+        ("env secrets, memory store", env_memory),
+        ("env secrets, DynamoDB store", env_dynamo),
+        ("SSM secrets, DynamoDB store", ssm_dynamo),
+    ] {
+        let line = match lambda_init_runs(&vars).await {
+            Ok((first, chat, hwm)) => format!(
+                "lambda-init/{name}: start → first invocation (GET /v1/models) answered {:.2} ms (p90 {:.2}), → first streamed chat answered {:.2} ms; peak RSS {:.1} MB",
+                median(&first),
+                pct(&sorted(first.clone()), 90.0),
+                median(&chat),
+                median(&hwm),
+            ),
+            Err(e) => format!("lambda-init/{name}: error {e}"),
+        };
+        println!("{line}");
+        report.push(line);
+    }
+    moto.stop().await;
+}
+
 const WARM_RUNS: usize = 30;
 
 /// Warm requests that continue one chat (a GetItem, then a refresh write, per request),
@@ -1309,7 +1762,7 @@ async fn warm_store(
     let mut ttft = [Vec::new(), Vec::new()];
     for i in 0..WARM_RUNS + 3 {
         for (t, out) in targets.iter().zip(ttft.iter_mut()) {
-            match t.run(false).await {
+            match t.run(Answer::Fast).await {
                 Ok(s) if i >= 3 => out.push(ms(s.ttft)),
                 Ok(_) => {}
                 Err(e) => eprintln!("warm store request: {e}"),
