@@ -3,8 +3,8 @@
 //! picks how to [`serve`]; everything else lives here so tests drive the same code.
 //!
 //! The data path, module by module: `openai` request → `plan` (the Dify request) → `dify`
-//! (client, events) → `answer` (one neutral answer) → `openai::chat` (an encoder per
-//! OpenAI API); `routes` is the HTTP glue around it.
+//! (client, events) → `answer` (one neutral answer) → `openai::chat` and
+//! `openai::responses` (an encoder per OpenAI API); `routes` is the HTTP glue around it.
 
 #![forbid(unsafe_code)]
 
@@ -22,7 +22,7 @@ pub mod error;
 pub mod openai;
 /// OpenAI request → Dify request: the turn, its history, its end user.
 pub mod plan;
-/// The HTTP routes: models, chat completions, auth, fallbacks.
+/// The HTTP routes: models, chat completions, responses, auth, fallbacks.
 pub mod routes;
 /// Serving the router: under the Lambda runtime or on a local socket.
 pub mod serve;
