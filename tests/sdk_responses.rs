@@ -23,10 +23,10 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::Stdio;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
+use support::clients::{ScriptRun, run_script};
 use support::process::{Running, refs, start};
 use support::{FakeDify, Recorded, Scenario, fixture_bytes};
 
@@ -209,7 +209,8 @@ impl Client {
         }
     }
 
-    fn command(self) -> tokio::process::Command {
+    /// The program and the script it runs.
+    fn command(self) -> (PathBuf, PathBuf) {
         let root = root();
         let script = root.join("tests/clients").join(match self {
             Client::Python => "responses_python.py",
@@ -229,66 +230,26 @@ impl Client {
         } else {
             PathBuf::from("node")
         };
-        let mut cmd = tokio::process::Command::new(program);
-        cmd.arg(script);
-        cmd
+        (program, script)
     }
 
     /// Runs every case of the script against `url` and returns its report.
-    /// The child is killed (by its PID, through `kill_on_drop`) if it overruns.
     async fn run(self, url: &str) -> Report {
-        let mut cmd = self.command();
-        // Nothing from the outside (proxies, OPENAI_* settings) reaches the clients.
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env(
-                "HOME",
-                std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()),
-            )
-            .env("OPENDIFY_BASE_URL", format!("{url}/v1"))
-            .env("OPENDIFY_API_KEY", PROXY_KEY)
-            .env("OPENDIFY_MODEL", MODEL)
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .current_dir(root())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let started = Instant::now();
-        let child = cmd.spawn().unwrap_or_else(|e| {
-            panic!(
-                "cannot start the {} client script: {e}; {}",
-                self.name(),
-                self.install_hint()
-            )
-        });
-        let output = tokio::time::timeout(SCRIPT_DEADLINE, child.wait_with_output())
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "the {} client script ran longer than {SCRIPT_DEADLINE:?}",
-                    self.name()
-                )
-            })
-            .expect("waiting for the client script");
-        let took = started.elapsed();
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        if output.status.code() == Some(3) {
-            panic!("{}\n{}", self.install_hint(), stderr);
-        }
-        assert!(
-            output.status.success(),
-            "the {} client script failed ({}):\nstderr:\n{stderr}\nstdout:\n{stdout}",
+        let (program, script) = self.command();
+        let vars = [
+            ("OPENDIFY_BASE_URL", format!("{url}/v1")),
+            ("OPENDIFY_API_KEY", PROXY_KEY.to_string()),
+            ("OPENDIFY_MODEL", MODEL.to_string()),
+        ];
+        let ScriptRun { json, stderr, took } = run_script(
             self.name(),
-            output.status
-        );
-        let json: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-            panic!(
-                "the {} client script printed no JSON report ({e}):\n{stdout}\nstderr:\n{stderr}",
-                self.name()
-            )
-        });
+            &program,
+            &script,
+            &vars,
+            SCRIPT_DEADLINE,
+            self.install_hint(),
+        )
+        .await;
         for (package, pinned) in self.pinned() {
             let installed = json["versions"][package].as_str().unwrap_or_default();
             assert_eq!(

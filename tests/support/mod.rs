@@ -4,6 +4,7 @@
 //! helpers (and the re-export) one binary does not use would otherwise warn.
 #![allow(dead_code, unused_imports)]
 
+pub mod clients;
 pub mod events;
 pub mod fake_dify;
 pub mod lambda_runtime;
