@@ -87,13 +87,15 @@ pub async fn resolve(
     let Some(client) = client else {
         return resolved;
     };
-    for (param_var, target, name) in wanted {
+    // Read at once, not one after the other: at cold start each read is a round trip
+    // (two of them were the largest part of init, tests/benches/RESULTS.md).
+    let reads = wanted.iter().map(|(_, _, name)| async move {
         let call = client
             .get_parameter()
-            .name(&name)
+            .name(name)
             .with_decryption(true)
             .send();
-        let outcome = match tokio::time::timeout(SSM_TIMEOUT, call).await {
+        match tokio::time::timeout(SSM_TIMEOUT, call).await {
             Err(_) => Err(format!(
                 "names {name:?}, but reading it from SSM Parameter Store timed out"
             )),
@@ -101,8 +103,11 @@ pub async fn resolve(
                 Some(value) => Ok(value),
                 None => Err(format!("names {name:?}, which has no value")),
             },
-            Ok(Err(e)) => Err(describe(&name, &e)),
-        };
+            Ok(Err(e)) => Err(describe(name, &e)),
+        }
+    });
+    let outcomes = futures_util::future::join_all(reads).await;
+    for ((param_var, target, name), outcome) in wanted.into_iter().zip(outcomes) {
         match outcome {
             Ok(value) => {
                 resolved.values.insert(target, value);
