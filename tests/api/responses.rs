@@ -170,7 +170,7 @@ async fn previous_response_id_continues_the_dify_conversation_with_only_the_new_
         &app,
         json!("My name is Ada and I like chess."),
         None,
-        json!({"instructions": "Answer in one short sentence.", "user": "ada"}),
+        json!({"instructions": "Answer in one short sentence.", "user": "lovelace"}),
     )
     .await;
     let id1 = r1["id"].as_str().unwrap();
@@ -178,14 +178,14 @@ async fn previous_response_id_continues_the_dify_conversation_with_only_the_new_
         &app,
         json!([{"role": "user", "content": [{"type": "input_text", "text": "What is my name?"}]}]),
         Some(id1),
-        json!({"instructions": "Answer in one short sentence.", "user": "ada"}),
+        json!({"instructions": "Answer in one short sentence.", "user": "lovelace"}),
     )
     .await;
     assert_eq!(r2["previous_response_id"], id1);
     let id2 = r2["id"].as_str().unwrap();
     // Streamed this time: the mapping is written as soon as Dify names the conversation.
     let r = app
-        .post_responses(&json!({"model": MODEL, "input": "And my hobby?", "previous_response_id": id2, "user": "ada", "stream": true}))
+        .post_responses(&json!({"model": MODEL, "input": "And my hobby?", "previous_response_id": id2, "user": "lovelace", "stream": true}))
         .send()
         .await
         .unwrap();
@@ -200,21 +200,22 @@ async fn previous_response_id_continues_the_dify_conversation_with_only_the_new_
         Some("System: Answer in one short sentence.\n\nUser: My name is Ada and I like chess.")
     );
     assert_eq!(sent[0].conversation_id(), None);
-    let conversation = app.dify.conversation_ids(APP_KEY, "ada");
+    let conversation = app.dify.conversation_ids(APP_KEY, "lovelace");
     assert_eq!(conversation.len(), 1, "one Dify conversation for the chain");
     assert_eq!(sent[1].query(), Some("What is my name?"));
     assert_eq!(sent[1].conversation_id(), Some(conversation[0].as_str()));
     assert_eq!(sent[2].query(), Some("And my hobby?"));
     assert_eq!(sent[2].conversation_id(), Some(conversation[0].as_str()));
     for s in &sent {
-        assert_eq!(s.user(), Some("ada"));
+        assert_eq!(s.user(), Some("lovelace"));
     }
 
     // The table holds digests and conversation ids, never a response id or the user.
     let items = Moto::shared().await.scan_raw(&table).await;
     assert!(!items.is_empty());
     let dump = format!("{items:?}");
-    for secret in [id1, id2, "ada", "Ada", "chess"] {
+    // Words with letters outside hex digits: a digest can spell "ada" by chance.
+    for secret in [id1, id2, "lovelace", "Ada", "chess"] {
         assert!(!dump.contains(secret), "{secret} is in the table: {dump}");
     }
 }
