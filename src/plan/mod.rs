@@ -76,7 +76,12 @@ pub fn end_user(request: &ChatCompletionRequest, user_header: Option<&str>) -> S
         .as_ref()
         .and_then(|m| m.get("user_id"))
         .and_then(Value::as_str);
-    [from_field, user_header, from_metadata]
+    first_user([from_field, user_header, from_metadata])
+}
+
+/// The first non-blank candidate, trimmed, in order of precedence; else [`DEFAULT_USER`].
+pub(crate) fn first_user<'a>(candidates: impl IntoIterator<Item = Option<&'a str>>) -> String {
+    candidates
         .into_iter()
         .flatten()
         .map(str::trim)

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::{DEFAULT_USER, Turn};
+use super::{Turn, first_user};
 use crate::error::ApiError;
 use crate::openai::Role;
 use crate::openai::responses::ResponsesRequest;
@@ -39,18 +39,12 @@ pub fn end_user(request: &ResponsesRequest, user_header: Option<&str>) -> String
         .as_ref()
         .and_then(|m| m.get("user_id"))
         .and_then(Value::as_str);
-    [
+    first_user([
         request.safety_identifier.as_deref(),
         request.user.as_deref(),
         user_header,
         from_metadata,
-    ]
-    .into_iter()
-    .flatten()
-    .map(str::trim)
-    .find(|u| !u.is_empty())
-    .unwrap_or(DEFAULT_USER)
-    .to_string()
+    ])
 }
 
 /// The request's turn. `continues`: it continues a stored response, whose conversation
@@ -237,6 +231,7 @@ fn content_text(content: Option<&Value>, item: &str, role: Role) -> Result<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::DEFAULT_USER;
     use serde_json::json;
 
     fn request(v: Value) -> ResponsesRequest {

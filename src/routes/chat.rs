@@ -48,10 +48,7 @@ pub async fn create(
     let user_header = headers.get(USER_HEADER).and_then(|v| v.to_str().ok());
     let turn = to_turn(&request, user_header)?;
 
-    let chat_id = headers
-        .get(&config.chat_id_header)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| metadata_str(&request, "chat_id"));
+    let chat_id = chat_id(&headers, &state, metadata_str(&request, "chat_id"));
     let thread = thread_for(
         tenant.as_str(),
         &request.model,
@@ -133,6 +130,19 @@ pub(super) fn allowed_model<'a>(
         });
     }
     Ok(model)
+}
+
+/// The client's chat id: the configured header (Open WebUI's by default), else the one
+/// the body names (`metadata.chat_id`).
+pub(super) fn chat_id<'a>(
+    headers: &'a HeaderMap,
+    state: &AppState,
+    from_body: Option<&'a str>,
+) -> Option<&'a str> {
+    headers
+        .get(&state.config().chat_id_header)
+        .and_then(|v| v.to_str().ok())
+        .or(from_body)
 }
 
 fn metadata_str<'a>(request: &'a ChatCompletionRequest, field: &str) -> Option<&'a str> {

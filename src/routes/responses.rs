@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::answer::AnswerRun;
 use super::blocking::complete_answer;
-use super::chat::{Gone, USER_HEADER, allowed_model, start_answer};
+use super::chat::{Gone, USER_HEADER, allowed_model, chat_id, start_answer};
 use super::extract::OpenAiJson;
 use super::stream::stream_answer;
 use crate::answer::DifyDecoder;
@@ -62,13 +62,8 @@ pub async fn create(
             Gone::Refuse(ApiError::PreviousResponseNotFound { id: id.to_string() }),
         ),
         None => {
-            let chat_id = headers
-                .get(&config.chat_id_header)
-                .and_then(|v| v.to_str().ok())
-                .or_else(|| {
-                    let metadata = request.metadata.as_ref()?;
-                    metadata.get("chat_id")?.as_str()
-                });
+            let from_body = request.metadata.as_ref().and_then(|m| m.get("chat_id"));
+            let chat_id = chat_id(&headers, &state, from_body.and_then(|v| v.as_str()));
             let thread = thread_for(
                 tenant.as_str(),
                 &request.model,

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::openai::responses::types::Status;
-use crate::openai::responses::{ResponseEncoder, ResponseMeta, output_text, response_object};
+use crate::openai::responses::{ResponseEncoder, ResponseMeta, response_object};
 use serde_json::json;
 
 fn meta() -> ResponseMeta {
@@ -146,7 +146,7 @@ fn transcripts_aggregate_into_one_response_object() {
         for piece in pieces(decode_all(&fixture(name))) {
             acc.apply(&piece);
         }
-        let text = output_text(acc.take_content());
+        let text = content_text(acc.take_content());
         let v = serde_json::to_value(response_object(&meta(), &acc, text, String::new())).unwrap();
         assert_eq!(v["object"], "response");
         assert_eq!(v["status"], "completed", "{name}");
@@ -197,7 +197,7 @@ fn a_moderated_answer_ends_incomplete_with_the_replacement() {
     for piece in pieces(decode_all(&bytes)) {
         acc.apply(&piece);
     }
-    let content = output_text(acc.take_content());
+    let content = content_text(acc.take_content());
     let v = serde_json::to_value(response_object(&meta(), &acc, content, String::new())).unwrap();
     assert_eq!(v["status"], "incomplete");
     assert!(text.ends_with(v["output"][0]["content"][0]["text"].as_str().unwrap()));
@@ -308,7 +308,7 @@ fn reasoning_is_an_item_before_the_message() {
     for piece in pieces(decode_all(&reasoning_transcript())) {
         acc.apply(&piece);
     }
-    let text = output_text(acc.take_content());
+    let text = content_text(acc.take_content());
     let reasoning = acc.take_reasoning();
     let v = serde_json::to_value(response_object(&meta(), &acc, text, reasoning)).unwrap();
     assert_eq!(v["output"][0]["type"], "reasoning");

@@ -9,10 +9,10 @@ use serde_json::{Map, Value};
 
 use self::types::{
     EventData, OutputItem, OutputText, ResponseError, ResponseObject, ResponseUsage, Status,
-    SummaryText,
+    SummaryText, TEXT_FORMAT,
 };
-use super::chat::{content_text, file_markdown};
-use crate::answer::{Accumulator, Content, Piece, StreamEncoder};
+use super::chat::file_markdown;
+use crate::answer::{Accumulator, Piece, StreamEncoder};
 
 /// What a response echoes of its request, shared by every event.
 #[derive(Debug, Clone)]
@@ -55,7 +55,7 @@ impl ResponseMeta {
             top_p: self.top_p.unwrap_or(1.0),
             tool_choice: "auto",
             tools: [],
-            text: serde_json::json!({"format": {"type": "text"}}),
+            text: TEXT_FORMAT,
             truncation: "disabled",
             usage: None,
             metadata: self.metadata.clone(),
@@ -93,11 +93,6 @@ pub fn response_object(
         output.push(meta.reasoning(Status::Completed, vec![SummaryText::new(reasoning)]));
     }
     finished(meta, answer, output, text)
-}
-
-/// The answer's content as the text of its one `output_text` part.
-pub fn output_text(parts: Vec<Content>) -> String {
-    content_text(parts)
 }
 
 /// The terminal object for a completed (or content-filtered) answer: `output` so far, then
@@ -194,24 +189,25 @@ impl ResponseEncoder {
         }
     }
 
+    /// Announces a new output item at the next `output_index`, which it returns.
+    fn add_item(&mut self, item: OutputItem, buf: &mut Vec<u8>) -> u32 {
+        let index = self.next_index;
+        self.next_index += 1;
+        let data = EventData::Item {
+            output_index: index,
+            item: &item,
+        };
+        write_event(&mut self.sequence, "response.output_item.added", &data, buf);
+        index
+    }
+
     fn open_message(&mut self, buf: &mut Vec<u8>) -> u32 {
         if let ItemState::Open(index) = self.message {
             return index;
         }
         self.close_reasoning(buf);
-        let index = self.next_index;
-        self.next_index += 1;
+        let index = self.add_item(self.meta.message(Status::InProgress, Vec::new()), buf);
         self.message = ItemState::Open(index);
-        let item = self.meta.message(Status::InProgress, Vec::new());
-        write_event(
-            &mut self.sequence,
-            "response.output_item.added",
-            &EventData::Item {
-                output_index: index,
-                item: &item,
-            },
-            buf,
-        );
         write_event(
             &mut self.sequence,
             "response.content_part.added",
@@ -246,19 +242,8 @@ impl ResponseEncoder {
             // one reasoning item, which stays where it is.
             ItemState::Done(index) => index,
             ItemState::NotYet => {
-                let index = self.next_index;
-                self.next_index += 1;
+                let index = self.add_item(self.meta.reasoning(Status::InProgress, Vec::new()), buf);
                 self.reasoning = ItemState::Open(index);
-                let item = self.meta.reasoning(Status::InProgress, Vec::new());
-                write_event(
-                    &mut self.sequence,
-                    "response.output_item.added",
-                    &EventData::Item {
-                        output_index: index,
-                        item: &item,
-                    },
-                    buf,
-                );
                 write_event(
                     &mut self.sequence,
                     "response.reasoning_summary_part.added",

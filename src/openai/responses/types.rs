@@ -66,11 +66,27 @@ pub struct ResponseObject {
     pub top_p: f64,
     pub tool_choice: &'static str,
     pub tools: [(); 0],
-    pub text: Value,
+    pub text: TextConfig,
     pub truncation: &'static str,
     pub usage: Option<ResponseUsage>,
     pub metadata: Map<String, Value>,
 }
+
+/// `text`: the output format, always plain text here.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct TextConfig {
+    pub format: TextFormat,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct TextFormat {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+}
+
+pub const TEXT_FORMAT: TextConfig = TextConfig {
+    format: TextFormat { kind: "text" },
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
