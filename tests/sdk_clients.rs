@@ -196,7 +196,7 @@ impl Sdk {
             ("OPENDIFY_API_KEY", PROXY_KEY.to_string()),
             ("OPENDIFY_MODEL", MODEL.to_string()),
         ];
-        let ScriptRun { json, stderr, .. } = run_script(
+        let run = run_script(
             self.name(),
             &program,
             &script,
@@ -205,7 +205,7 @@ impl Sdk {
             self.install_hint(),
         )
         .await;
-        let version = json["sdk_version"].as_str().unwrap_or_default();
+        let version = run.json["sdk_version"].as_str().unwrap_or_default();
         let pinned = self.pinned_version();
         assert_eq!(
             version,
@@ -214,55 +214,23 @@ impl Sdk {
             self.name(),
             self.install_hint()
         );
-        Report {
-            sdk: self,
-            json,
-            stderr,
-        }
+        Report { sdk: self, run }
     }
 }
 
 struct Report {
     sdk: Sdk,
-    json: Value,
-    stderr: String,
+    run: ScriptRun,
+}
+
+impl std::ops::Deref for Report {
+    type Target = ScriptRun;
+    fn deref(&self) -> &ScriptRun {
+        &self.run
+    }
 }
 
 impl Report {
-    /// One case's result; panics with the whole report if the case is missing.
-    fn case(&self, name: &str) -> &Value {
-        let v = &self.json["cases"][name];
-        assert!(
-            v.is_object(),
-            "{}: no result for case {name}:\n{:#}",
-            self.sdk.name(),
-            self.json
-        );
-        v
-    }
-
-    /// A case that must have succeeded (no exception, nothing unexpected).
-    fn ok(&self, name: &str) -> &Value {
-        let v = self.case(name);
-        assert!(
-            v.get("raised").is_none() && v.get("unexpected").is_none(),
-            "{} {name}: {v:#}",
-            self.sdk.name()
-        );
-        v
-    }
-
-    /// The error a case raised.
-    fn raised(&self, name: &str) -> &Value {
-        let v = self.case(name);
-        assert!(
-            v.get("unexpected").is_none() && v["raised"].is_object(),
-            "{} {name}: expected an exception, got {v:#}",
-            self.sdk.name()
-        );
-        &v["raised"]
-    }
-
     fn prompt(&self, text: &str) -> String {
         format!("{} {text}", self.sdk.prefix())
     }

@@ -241,7 +241,7 @@ impl Client {
             ("OPENDIFY_API_KEY", PROXY_KEY.to_string()),
             ("OPENDIFY_MODEL", MODEL.to_string()),
         ];
-        let ScriptRun { json, stderr, took } = run_script(
+        let run = run_script(
             self.name(),
             &program,
             &script,
@@ -251,7 +251,7 @@ impl Client {
         )
         .await;
         for (package, pinned) in self.pinned() {
-            let installed = json["versions"][package].as_str().unwrap_or_default();
+            let installed = run.json["versions"][package].as_str().unwrap_or_default();
             assert_eq!(
                 installed,
                 pinned,
@@ -259,57 +259,23 @@ impl Client {
                 self.install_hint()
             );
         }
-        Report {
-            client: self,
-            json,
-            stderr,
-            took,
-        }
+        Report { client: self, run }
     }
 }
 
 struct Report {
     client: Client,
-    json: Value,
-    stderr: String,
-    took: Duration,
+    run: ScriptRun,
+}
+
+impl std::ops::Deref for Report {
+    type Target = ScriptRun;
+    fn deref(&self) -> &ScriptRun {
+        &self.run
+    }
 }
 
 impl Report {
-    /// One case's result; panics with the whole report if the case is missing.
-    fn case(&self, name: &str) -> &Value {
-        let v = &self.json["cases"][name];
-        assert!(
-            v.is_object(),
-            "{}: no result for case {name}:\n{:#}",
-            self.client.name(),
-            self.json
-        );
-        v
-    }
-
-    /// A case that must have succeeded (no exception, nothing unexpected).
-    fn ok(&self, name: &str) -> &Value {
-        let v = self.case(name);
-        assert!(
-            v.get("raised").is_none_or(Value::is_null) && v.get("unexpected").is_none(),
-            "{} {name}: {v:#}",
-            self.client.name()
-        );
-        v
-    }
-
-    /// The error a case raised.
-    fn raised(&self, name: &str) -> &Value {
-        let v = self.case(name);
-        assert!(
-            v.get("unexpected").is_none() && v["raised"].is_object(),
-            "{} {name}: expected an exception, got {v:#}",
-            self.client.name()
-        );
-        &v["raised"]
-    }
-
     fn prompt(&self, text: &str) -> String {
         format!("{} {text}", self.client.prefix())
     }

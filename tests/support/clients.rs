@@ -10,6 +10,8 @@ use serde_json::Value;
 
 /// A finished script run: its JSON report, its stderr and how long it took.
 pub struct ScriptRun {
+    /// The script's name in failures.
+    pub name: String,
     pub json: Value,
     pub stderr: String,
     pub took: Duration,
@@ -69,5 +71,46 @@ pub async fn run_script(
             "the {name} client script printed no JSON report ({e}):\n{stdout}\nstderr:\n{stderr}"
         )
     });
-    ScriptRun { json, stderr, took }
+    ScriptRun {
+        name: name.to_string(),
+        json,
+        stderr,
+        took,
+    }
+}
+
+impl ScriptRun {
+    /// One case's result; panics with the whole report if the case is missing.
+    pub fn case(&self, case: &str) -> &Value {
+        let v = &self.json["cases"][case];
+        assert!(
+            v.is_object(),
+            "{}: no result for case {case}:\n{:#}",
+            self.name,
+            self.json
+        );
+        v
+    }
+
+    /// A case that must have succeeded (no exception, nothing unexpected).
+    pub fn ok(&self, case: &str) -> &Value {
+        let v = self.case(case);
+        assert!(
+            v.get("raised").is_none_or(Value::is_null) && v.get("unexpected").is_none(),
+            "{} {case}: {v:#}",
+            self.name
+        );
+        v
+    }
+
+    /// The error a case raised.
+    pub fn raised(&self, case: &str) -> &Value {
+        let v = self.case(case);
+        assert!(
+            v.get("unexpected").is_none() && v["raised"].is_object(),
+            "{} {case}: expected an exception, got {v:#}",
+            self.name
+        );
+        &v["raised"]
+    }
 }
