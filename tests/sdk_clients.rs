@@ -27,6 +27,11 @@ use support::{FakeDify, Recorded, Scenario, fixture_bytes};
 
 const PROXY_KEY: &str = "sk-sdk-clients-proxy-key-5150";
 
+/// The Dify user of a request with [`PROXY_KEY`] that names no end user.
+fn default_user() -> String {
+    opendify::config::Tenant::of_key(PROXY_KEY).dify_user(opendify::plan::DEFAULT_USER.to_string())
+}
+
 /// The main model: replays Dify's `chat-app-stream.sse`.
 const MODEL: &str = "my-app";
 const KEY_MAIN: &str = "app-sdkmain00000000000000001";
@@ -387,7 +392,7 @@ fn check_plain_chats(r: &Report, dify: &FakeDify) {
     );
     let q = sent(&r.prompt("blocking: what is the capital of France?"));
     assert_eq!(q.response_mode(), Some("streaming"));
-    assert_eq!(q.user(), Some("opendify"));
+    assert_eq!(q.user(), Some(default_user().as_str()));
 
     // The SDKs' accumulating stream helpers (strict about role and finish_reason).
     let v = r.ok("stream_helper");
@@ -460,14 +465,15 @@ fn check_plain_chats(r: &Report, dify: &FakeDify) {
     assert_eq!(main.len(), 5, "{}: {:#?}", r.sdk.name(), summary(&main));
 }
 
-/// Two turns of one conversation: by chat-id header (`multi_turn`, user `opendify`) and,
+/// Two turns of one conversation: by chat-id header (`multi_turn`, the key's default user) and,
 /// with no chat id, by history matching (`history_matching`, its own user).
 fn check_multi_turn(r: &Report, dify: &FakeDify) {
     let history_user = format!("{}-history-user", r.sdk.prefix());
+    let chat_user = default_user();
     for (case, user, turn1, turn2) in [
         (
             "multi_turn",
-            "opendify",
+            chat_user.as_str(),
             "turn 1: my name is Ada.",
             "turn 2: what is my name?",
         ),

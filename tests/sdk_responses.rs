@@ -32,6 +32,11 @@ use support::{FakeDify, Recorded, Scenario, fixture_bytes};
 
 const PROXY_KEY: &str = "sk-sdk-responses-proxy-key-7291";
 
+/// The Dify user of a request with [`PROXY_KEY`] that names no end user.
+fn default_user() -> String {
+    opendify::config::Tenant::of_key(PROXY_KEY).dify_user(opendify::plan::DEFAULT_USER.to_string())
+}
+
 /// The main model: replays Dify's `chat-app-stream.sse`.
 const MODEL: &str = "my-app";
 const KEY_MAIN: &str = "app-respmain00000000000000001";
@@ -519,7 +524,7 @@ fn check_blocking(r: &Report, dify: &FakeDify, fx: &Fixture) {
         KEY_MAIN,
         &r.prompt("blocking: what is the capital of France?"),
     );
-    assert_eq!(q.user(), Some("opendify"));
+    assert_eq!(q.user(), Some(default_user().as_str()));
     assert!(q.conversation_id().unwrap_or("").is_empty(), "new: {q:?}");
 }
 
@@ -902,7 +907,7 @@ async fn openai_agents_sdk_default_responses_model() {
         assert_eq!(q.len(), 1, "{:#?}", summary(&q));
         check_folded(&q[0], &instructions(r), &r.prompt(prompt));
         assert_eq!(q[0].key, KEY_MAIN);
-        assert_eq!(q[0].user(), Some("opendify"));
+        assert_eq!(q[0].user(), Some(default_user().as_str()));
     }
 
     // Two turns through previous_response_id: one Dify conversation; the second turn sends
@@ -916,7 +921,7 @@ async fn openai_agents_sdk_default_responses_model() {
     );
     let seen = requests_for(dify, KEY_MEMORY);
     assert_eq!(seen.len(), 2, "{:#?}", summary(&seen));
-    let issued = dify.conversation_ids(KEY_MEMORY, "opendify");
+    let issued = dify.conversation_ids(KEY_MEMORY, &default_user());
     assert_eq!(issued.len(), 1, "one Dify conversation: {issued:?}");
     assert!(seen[0].conversation_id().unwrap_or("").is_empty());
     assert!(
@@ -1002,7 +1007,7 @@ async fn vercel_ai_sdk_default_openai_provider() {
         "stream: what is the capital of France?",
     ] {
         let q = sent(dify, KEY_MAIN, &r.prompt(prompt));
-        assert_eq!(q.user(), Some("opendify"));
+        assert_eq!(q.user(), Some(default_user().as_str()));
     }
 
     // Two turns through the provider's previousResponseId: one Dify conversation, and the
@@ -1014,7 +1019,7 @@ async fn vercel_ai_sdk_default_openai_provider() {
     check_response_id(&v["response_id"], &fx, "two turns");
     let seen = requests_for(dify, KEY_MEMORY);
     assert_eq!(seen.len(), 2, "{:#?}", summary(&seen));
-    let issued = dify.conversation_ids(KEY_MEMORY, "opendify");
+    let issued = dify.conversation_ids(KEY_MEMORY, &default_user());
     assert_eq!(issued.len(), 1, "one Dify conversation: {issued:?}");
     assert_eq!(
         seen[0].query(),

@@ -120,6 +120,20 @@ impl Tenant {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The Dify `user` for a request of this tenant: the end user the client named, else
+    /// (none named, or the default's own name) a user of the tenant's own, so the callers
+    /// of different proxy keys stay apart in Dify too. Derived from the key's digest:
+    /// nothing of the key can be read from it.
+    pub fn dify_user(&self, user: String) -> String {
+        if user != crate::plan::DEFAULT_USER {
+            return user;
+        }
+        match self.0.strip_prefix("key:") {
+            Some(hex) => format!("{user}-{}", hex.get(..16).unwrap_or(hex)),
+            None => user,
+        }
+    }
 }
 
 /// The models a caller may use. Shared, so a request carries its key's allow-list by a

@@ -60,7 +60,7 @@ pub fn thread_for(
             key: chat_key(tenant, model, user, chat_id),
         },
         None if history_matching => Thread::History {
-            lookup: (!history.is_empty()).then(|| {
+            lookup: history.iter().any(|(r, _)| !is_system(*r)).then(|| {
                 let messages = history.iter().map(|(r, t)| (*r, t.as_str()));
                 history_key(tenant, model, user, messages)
             }),
@@ -89,11 +89,8 @@ pub fn response_key(tenant: &str, model: &str, user: &str, response_id: &str) ->
     format!("resp#{}", hex(&h.finalize()))
 }
 
-/// Key for (tenant, model, user, messages). Messages are normalised so that cosmetic differences
-/// a client may introduce when it sends the history back do not break the match:
-/// whitespace runs count as one space, leading and trailing whitespace is ignored, and
-/// `developer` counts as `system` (Open WebUI renames one to the other per model). Empty
-/// messages are skipped, as they are when folding.
+/// Key for (tenant, model, user, messages), for clients that send no chat id: the
+/// conversation so far, as [`state_digest`] sees it.
 pub fn history_key<'a>(
     tenant: &str,
     model: &str,
@@ -104,6 +101,45 @@ pub fn history_key<'a>(
     absorb(&mut h, tenant);
     absorb(&mut h, model);
     absorb(&mut h, user);
+    absorb_transcript(&mut h, messages.filter(|(r, _)| !is_system(*r)));
+    format!("hist#{}", hex(&h.finalize()))
+}
+
+/// What a Dify conversation holds, as the client shows it: the digest of its user,
+/// assistant and tool messages. A request continues a conversation only when its history
+/// (all but its last user message) has the digest the conversation has now.
+///
+/// Normalised so that cosmetic differences a client introduces when it sends the history
+/// back do not count: whitespace runs count as one space, leading and trailing whitespace
+/// is ignored, and empty messages are skipped (as they are when folding). System and
+/// developer messages are not part of it: they are tracked apart ([`system_digest`]),
+/// because clients change them between turns (documents, search results) without the
+/// conversation having diverged.
+pub fn state_digest<'a>(messages: impl Iterator<Item = (Role, &'a str)>) -> String {
+    let mut h = Sha256::new();
+    absorb_transcript(&mut h, messages.filter(|(r, _)| !is_system(*r)));
+    hex(&h.finalize())
+}
+
+/// The digest of the request's system and developer messages (one role: Open WebUI
+/// renames one to the other per model). When it differs from what the conversation was
+/// last sent, the new system text goes to Dify with the query.
+pub fn system_digest<'a>(messages: impl Iterator<Item = (Role, &'a str)>) -> String {
+    let mut h = Sha256::new();
+    absorb_transcript(
+        &mut h,
+        messages
+            .filter(|(r, _)| is_system(*r))
+            .map(|(_, t)| (Role::System, t)),
+    );
+    hex(&h.finalize())
+}
+
+fn is_system(role: Role) -> bool {
+    matches!(role, Role::System | Role::Developer)
+}
+
+fn absorb_transcript<'a>(h: &mut Sha256, messages: impl Iterator<Item = (Role, &'a str)>) {
     for (role, text) in messages {
         // The normalised text is hashed word by word, never built: an answer can be large.
         let words = || text.split_whitespace();
@@ -112,11 +148,7 @@ pub fn history_key<'a>(
         if len == 0 {
             continue;
         }
-        let role = match role {
-            Role::Developer => Role::System,
-            other => other,
-        };
-        absorb(&mut h, role.label());
+        absorb(h, role.label());
         h.update((len as u64).to_le_bytes());
         for (i, word) in words().enumerate() {
             if i > 0 {
@@ -125,7 +157,6 @@ pub fn history_key<'a>(
             h.update(word.as_bytes());
         }
     }
-    format!("hist#{}", hex(&h.finalize()))
 }
 
 fn absorb(h: &mut Sha256, part: &str) {
@@ -182,14 +213,9 @@ mod tests {
         absorb(&mut h, user);
         for (role, text) in messages {
             let normalised = text.split_whitespace().collect::<Vec<_>>().join(" ");
-            if normalised.is_empty() {
+            if normalised.is_empty() || matches!(role, Role::System | Role::Developer) {
                 continue;
             }
-            let role = if *role == Role::Developer {
-                Role::System
-            } else {
-                *role
-            };
             absorb(&mut h, role.label());
             absorb(&mut h, &normalised);
         }
@@ -243,7 +269,35 @@ mod tests {
     }
 
     #[test]
-    fn history_keys_ignore_cosmetic_whitespace_and_developer_renames() {
+    fn states_follow_the_visible_turns_and_systems_are_apart() {
+        let s = |m: &[(Role, &str)]| state_digest(m.iter().copied());
+        let sys = |m: &[(Role, &str)]| system_digest(m.iter().copied());
+        let turns = [(Role::User, "Hi"), (Role::Assistant, "Hello!")];
+        let with_system = [
+            (Role::System, "Docs: v1"),
+            (Role::User, "Hi "),
+            (Role::Assistant, "Hello!"),
+        ];
+        // A changed system message is not a diverged conversation...
+        assert_eq!(s(&turns), s(&with_system));
+        // ...but it is a change to send.
+        assert_ne!(sys(&turns), sys(&with_system));
+        assert_eq!(
+            sys(&with_system),
+            sys(&[(Role::Developer, " Docs:  v1"), (Role::User, "other")])
+        );
+        // A regenerated or edited answer, a dropped turn: another state.
+        assert_ne!(s(&turns), s(&[(Role::User, "Hi"), (Role::Assistant, "Hey!")]));
+        assert_ne!(s(&turns), s(&[(Role::User, "Hi")]));
+        assert_ne!(s(&turns), s(&[]));
+        // Roles count: the same words said by the other side are another conversation.
+        assert_ne!(s(&turns), s(&[(Role::Assistant, "Hi"), (Role::User, "Hello!")]));
+        // The state is the history key's transcript, without tenant, model or user.
+        assert_eq!(s(&[]).len(), 64);
+    }
+
+    #[test]
+    fn history_keys_ignore_cosmetic_whitespace_and_system_messages() {
         let a = h(&[
             (Role::System, "Be brief."),
             (Role::User, "Hi  there"),

@@ -44,14 +44,36 @@ impl Turn {
         query
     }
 
+    /// The query for a continued conversation whose system messages changed since it was
+    /// last sent them (documents or search results a client puts there, an edited system
+    /// prompt): the system messages, then the new message, in the folded form.
+    pub fn query_with_system(&self) -> String {
+        let mut query = String::new();
+        for (role, text) in &self.history {
+            if matches!(role, Role::System | Role::Developer) {
+                query.push_str(role.label());
+                query.push_str(": ");
+                query.push_str(text);
+                query.push_str("\n\n");
+            }
+        }
+        if query.is_empty() {
+            return self.message.clone();
+        }
+        query.push_str("User: ");
+        query.push_str(&self.message);
+        query
+    }
+
     /// The `/chat-messages` body. A continued conversation's history is in Dify already,
-    /// so it gets only the new message; a new one gets the folded history.
-    pub fn chat_message(&self, continued: Option<String>) -> ChatMessageRequest {
+    /// so it gets only the new message (after the system messages, if `resend_system`);
+    /// a new one gets the folded history.
+    pub fn chat_message(&self, continued: Option<String>, resend_system: bool) -> ChatMessageRequest {
         ChatMessageRequest {
-            query: if continued.is_some() {
-                self.message.clone()
-            } else {
-                self.folded_query()
+            query: match continued {
+                Some(_) if resend_system => self.query_with_system(),
+                Some(_) => self.message.clone(),
+                None => self.folded_query(),
             },
             inputs: Map::new(),
             response_mode: "streaming",

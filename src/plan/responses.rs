@@ -284,14 +284,14 @@ mod tests {
             json!({"model":"m","instructions":"Be brief.","previous_response_id":"resp_1","input":"And then?"}),
             true,
         );
-        assert_eq!(t.chat_message(Some("c1".into())).query, "And then?");
+        assert_eq!(t.chat_message(Some("c1".into()), false).query, "And then?");
         let t = turn(
             json!({"model":"m","previous_response_id":"resp_1","input":[
                 {"role":"developer","content":"Answer in French."},{"role":"user","content":"And then?"}]}),
             true,
         );
         assert_eq!(
-            t.chat_message(Some("c1".into())).query,
+            t.chat_message(Some("c1".into()), false).query,
             "Developer: Answer in French.\n\nUser: And then?"
         );
     }

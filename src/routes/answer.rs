@@ -15,6 +15,8 @@ pub struct AnswerRun {
     pub turn: Turn,
     pub model: String,
     pub started: Instant,
+    /// Set once a complete answer's conversation has been recorded.
+    pub recorded: bool,
 }
 
 impl AnswerRun {
@@ -44,22 +46,35 @@ impl AnswerRun {
         }
     }
 
+    /// Records what the conversation holds after a complete answer and waits for the
+    /// store: call before the client gets the end of the answer, so that its next turn,
+    /// sent as soon as it has this one, finds the mapping. Does nothing otherwise.
+    pub async fn record(&mut self, answer: &Accumulator, visible: &str) {
+        if self.recorded || !answer.ended() || answer.failure().is_some() {
+            return;
+        }
+        self.recorded = true;
+        self.link.on_answer(
+            self.decoder.conversation_id(),
+            &self.turn.history,
+            &self.turn.message,
+            visible,
+        );
+        self.link.finish_writes().await;
+    }
+
     /// The answer is over and the client has all of it (or its error). A complete answer,
     /// or a failure Dify reported itself, needs no stop; any other end stops the Dify
     /// task, which may still be generating.
-    /// Maps a complete answer for the next turn; returns once the stop and the store
-    /// writes are done, so under Lambda they finish inside the invocation.
+    /// Maps a complete answer for the next turn (if `record` has not); returns once the
+    /// stop and the store writes are done, so under Lambda they finish inside the
+    /// invocation.
     pub async fn close(&mut self, answer: &Accumulator, visible: &str) {
         let ms = self.started.elapsed().as_millis() as u64;
         match answer.failure() {
             None => {
                 self.task.disarm();
-                self.link.on_answer(
-                    self.decoder.conversation_id(),
-                    &self.turn.history,
-                    &self.turn.message,
-                    visible,
-                );
+                self.record(answer, visible).await;
                 let tokens = answer.usage().total_tokens;
                 tracing::info!(model = %self.model, ms, tokens, "answer complete");
             }

@@ -46,7 +46,8 @@ pub async fn create(
         ));
     }
     let user_header = headers.get(USER_HEADER).and_then(|v| v.to_str().ok());
-    let turn = to_turn(&request, user_header)?;
+    let mut turn = to_turn(&request, user_header)?;
+    turn.user = tenant.dify_user(std::mem::take(&mut turn.user));
 
     let chat_id = chat_id(&headers, &state, metadata_str(&request, "chat_id"));
     let thread = thread_for(
@@ -64,6 +65,7 @@ pub async fn create(
         tenant.as_str(),
         &request.model,
         &turn.user,
+        &turn.history,
     );
     let continued = link.lookup().await;
 
@@ -99,6 +101,7 @@ pub async fn create(
         turn,
         model: request.model,
         started,
+        recorded: false,
     };
     Ok(if stream {
         let encoder = ChunkEncoder::new(meta).keep_visible_text(keep_text);
@@ -169,7 +172,7 @@ pub(super) async fn start_answer(
     continued: Option<String>,
     gone: Gone,
 ) -> Result<EventStream, ApiError> {
-    let mut dify_request = turn.chat_message(continued);
+    let mut dify_request = turn.chat_message(continued, link.resend_system());
     if link.is_detached() {
         dify_request.auto_generate_name = Some(false);
     }
@@ -191,7 +194,7 @@ pub(super) async fn start_answer(
                     model,
                     "Dify no longer has the stored conversation; starting a new one"
                 );
-                dify_request = turn.chat_message(None);
+                dify_request = turn.chat_message(None, false);
                 result = state.dify().chat_stream(app_key, &dify_request).await;
             }
         }

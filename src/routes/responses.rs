@@ -53,7 +53,8 @@ pub async fn create(
         .map(str::trim)
         .filter(|id| !id.is_empty());
     let user_header = headers.get(USER_HEADER).and_then(|v| v.to_str().ok());
-    let turn = to_turn(&request, user_header, previous.is_some())?;
+    let mut turn = to_turn(&request, user_header, previous.is_some())?;
+    turn.user = tenant.dify_user(std::mem::take(&mut turn.user));
     let scoped = |id: &str| response_key(tenant.as_str(), &request.model, &turn.user, id);
 
     let (thread, gone) = match previous {
@@ -82,6 +83,7 @@ pub async fn create(
         tenant.as_str(),
         &request.model,
         &turn.user,
+        &turn.history,
     );
     let continued = match previous {
         Some(id) => match link.lookup_strict().await {
@@ -140,6 +142,7 @@ pub async fn create(
         turn,
         model: request.model,
         started,
+        recorded: false,
     };
     Ok(if request.stream.unwrap_or(false) {
         stream_answer(upstream, ResponseEncoder::new(meta), run)

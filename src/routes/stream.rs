@@ -77,6 +77,11 @@ async fn pump(
             answer.apply(&piece);
             encoder.encode(piece, &answer, &mut buf);
         }
+        if answer.is_over() {
+            // The mapping first, then the end of the answer: a client sends its next turn
+            // as soon as it has this one, and that turn must find the mapping.
+            run.record(&answer, encoder.visible_text()).await;
+        }
     };
     tracing::info!(model = %run.model, "{why}");
     // If no frame has named the task yet, read on briefly for it.

@@ -8,6 +8,9 @@
 //! | `conversation_id` | S    | the Dify conversation id                                     |
 //! | `expires_at`      | N    | Unix seconds, last write or refresh + TTL; the TTL attribute |
 //! | `updated_at`      | N    | Unix seconds of the last write or refresh                    |
+//! | `conversation_state` | S | chats: digest of what the conversation holds, or the token   |
+//! |                   |      | of the request continuing it right now                       |
+//! | `system_digest`   | S    | chats: digest of the system messages it was last sent        |
 //!
 //! The table needs only the `pk` (S) hash key and TTL enabled on `expires_at`. DynamoDB
 //! deletes expired items lazily (up to days later), so every read and condition here also
@@ -27,9 +30,9 @@ use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 
-use super::{BoxFuture, ConversationStore, PutOutcome, StoreError};
+use super::{BoxFuture, Claim, ConversationStore, Mapping, PutOutcome, StoreError};
 
 /// Attempts per call. Each attempt gets an equal share of the call's budget, and connects
 /// within it: a share of at least a second lets a SYN dropped by a full listen backlog be
@@ -101,6 +104,8 @@ const PK: &str = "pk";
 const CONVERSATION_ID: &str = "conversation_id";
 const EXPIRES_AT: &str = "expires_at";
 const UPDATED_AT: &str = "updated_at";
+const STATE: &str = "conversation_state";
+const SYSTEM: &str = "system_digest";
 
 /// Absent, expired or malformed: anything a first turn may overwrite.
 const NOT_LIVE: &str = "attribute_not_exists(pk) OR attribute_not_exists(conversation_id) \
@@ -292,6 +297,86 @@ impl DynamoStore {
         }
     }
 
+    async fn claim_item(&self, key: &str, expected: &str, token: &str) -> Result<Claim, StoreError> {
+        let now = crate::unix_now();
+        // A lookup: it holds up the first token, so it gets the lookup budget.
+        let (config, cap) = self.call_config(false);
+        let result = bounded(
+            cap,
+            self.client
+                .update_item()
+                .table_name(&self.table)
+                .key(PK, AttributeValue::S(key.to_string()))
+                .update_expression("SET conversation_state = :token, expires_at = :exp, updated_at = :now")
+                // Also keeps UpdateItem from creating a missing item.
+                .condition_expression(
+                    "attribute_exists(conversation_id) AND expires_at > :now AND conversation_state = :expected",
+                )
+                .expression_attribute_values(":token", AttributeValue::S(token.to_string()))
+                .expression_attribute_values(":expected", AttributeValue::S(expected.to_string()))
+                .expression_attribute_values(":exp", number(now + self.ttl_secs))
+                .expression_attribute_values(":now", number(now))
+                .return_values(ReturnValue::AllNew)
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                )
+                .customize()
+                .config_override(config)
+                .send(),
+        )
+        .await?;
+        match result {
+            Ok(out) => {
+                let item = out.attributes().cloned().unwrap_or_default();
+                match string(&item, CONVERSATION_ID) {
+                    Some(conversation_id) => Ok(Claim::Continue {
+                        conversation_id,
+                        system: string(&item, SYSTEM),
+                    }),
+                    None => Err(StoreError::Other(
+                        "the claimed item has no conversation id".to_string(),
+                    )),
+                }
+            }
+            Err(err) => match err.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(ccf)) => Ok(
+                    match ccf.item().and_then(|item| live_conversation(item, now)) {
+                        Some(_) => Claim::Diverged,
+                        None => Claim::Absent,
+                    },
+                ),
+                _ => Err(classify(err)),
+            },
+        }
+    }
+
+    async fn settle_item(
+        &self,
+        key: &str,
+        mapping: Mapping<'_>,
+        claimed: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let now = crate::unix_now();
+        let mut item = self.item(key, mapping.conversation_id, now);
+        item.insert(STATE.to_string(), AttributeValue::S(mapping.state.to_string()));
+        item.insert(SYSTEM.to_string(), AttributeValue::S(mapping.system.to_string()));
+        let (config, cap) = self.call_config(true);
+        let mut put = self.client.put_item().table_name(&self.table).set_item(Some(item));
+        if let Some(token) = claimed {
+            put = put
+                .condition_expression("conversation_state = :token")
+                .expression_attribute_values(":token", AttributeValue::S(token.to_string()));
+        }
+        let result = bounded(cap, put.customize().config_override(config).send()).await?;
+        match result {
+            Ok(_) => Ok(true),
+            Err(err) => match err.as_service_error() {
+                Some(PutItemError::ConditionalCheckFailedException(_)) => Ok(false),
+                _ => Err(classify(err)),
+            },
+        }
+    }
+
     async fn delete_item(&self, key: &str, conversation_id: &str) -> Result<(), StoreError> {
         let (config, cap) = self.call_config(true);
         let result = bounded(
@@ -336,6 +421,24 @@ impl ConversationStore for DynamoStore {
         conversation_id: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(self.put_item(key, conversation_id))
+    }
+
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        expected: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Claim, StoreError>> {
+        Box::pin(self.claim_item(key, expected, token))
+    }
+
+    fn settle<'a>(
+        &'a self,
+        key: &'a str,
+        mapping: Mapping<'a>,
+        claimed: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(self.settle_item(key, mapping, claimed))
     }
 
     fn touch<'a>(

@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
 
-use super::{BoxFuture, ConversationStore, PutOutcome, StoreError};
+use super::{BoxFuture, Claim, ConversationStore, Mapping, PutOutcome, StoreError};
 
 /// Below this many entries no sweep runs; above it, one runs each time the map doubles,
 /// so expired entries cost amortised O(1) per write. Only expired entries are swept: live
@@ -31,6 +31,10 @@ struct Inner {
 struct Entry {
     conversation_id: String,
     expires_at: Instant,
+    /// What the conversation holds (or the token of the request continuing it), and the
+    /// digest of its system messages; None for mappings written without them.
+    state: Option<String>,
+    system: Option<String>,
 }
 
 impl Entry {
@@ -59,7 +63,45 @@ impl MemoryStore {
         Entry {
             conversation_id: conversation_id.to_string(),
             expires_at: now.checked_add(self.ttl).unwrap_or(now),
+            state: None,
+            system: None,
         }
+    }
+
+    fn claim_now(&self, key: &str, expected: &str, token: &str) -> Claim {
+        let now = Instant::now();
+        let fresh = now.checked_add(self.ttl).unwrap_or(now);
+        let mut inner = self.lock();
+        let Some(e) = inner.entries.get_mut(key).filter(|e| e.live(now)) else {
+            return Claim::Absent;
+        };
+        if e.state.as_deref() != Some(expected) {
+            return Claim::Diverged;
+        }
+        e.state = Some(token.to_string());
+        e.expires_at = fresh;
+        Claim::Continue {
+            conversation_id: e.conversation_id.clone(),
+            system: e.system.clone(),
+        }
+    }
+
+    fn settle_now(&self, key: &str, mapping: Mapping<'_>, claimed: Option<&str>) -> bool {
+        let now = Instant::now();
+        let mut entry = self.entry(mapping.conversation_id, now);
+        entry.state = Some(mapping.state.to_string());
+        entry.system = Some(mapping.system.to_string());
+        let mut inner = self.lock();
+        if let Some(token) = claimed
+            && !inner
+                .entries
+                .get(key)
+                .is_some_and(|e| e.state.as_deref() == Some(token))
+        {
+            return false;
+        }
+        inner.insert(key, entry, now);
+        true
     }
 
     fn get_now(&self, key: &str) -> Option<String> {
@@ -139,6 +181,24 @@ impl ConversationStore for MemoryStore {
         conversation_id: &'a str,
     ) -> BoxFuture<'a, Result<PutOutcome, StoreError>> {
         Box::pin(async move { Ok(self.put_new_now(key, conversation_id)) })
+    }
+
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        expected: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Claim, StoreError>> {
+        Box::pin(async move { Ok(self.claim_now(key, expected, token)) })
+    }
+
+    fn settle<'a>(
+        &'a self,
+        key: &'a str,
+        mapping: Mapping<'a>,
+        claimed: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move { Ok(self.settle_now(key, mapping, claimed)) })
     }
 
     fn put<'a>(

@@ -1,6 +1,7 @@
 //! The conversation store: an opaque key (the caller hashes model, user and chat id into
-//! it) maps to a Dify `conversation_id`, with expiry. DynamoDB in Lambda, process memory
-//! for local runs. Only ids are stored, never message text.
+//! it) maps to a Dify `conversation_id`, with expiry, and for chats the digests of what
+//! that conversation holds. DynamoDB in Lambda, process memory for local runs. Only ids
+//! and digests are stored, never message text.
 //!
 //! Every operation may fail with a [`StoreError`]; callers treat a failing store as "no
 //! memory" and still answer, so implementations bound how long a failure takes.
@@ -43,6 +44,31 @@ pub enum PutOutcome {
     Exists(String),
 }
 
+/// A mapping as it stands after an answer: the Dify conversation, the digest of what it
+/// holds (`state`), and of the system messages it was last sent (`system`). Digests only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mapping<'a> {
+    pub conversation_id: &'a str,
+    pub state: &'a str,
+    pub system: &'a str,
+}
+
+/// Result of [`ConversationStore::claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The mapping was in the expected state and is now this request's to continue; the
+    /// digest of the system messages the conversation was last sent, if recorded.
+    Continue {
+        conversation_id: String,
+        system: Option<String>,
+    },
+    /// A live mapping in another state: the request has diverged from it (a regenerated
+    /// answer, an edited or deleted turn, a second continuation of the same state).
+    Diverged,
+    /// No live mapping.
+    Absent,
+}
+
 pub trait ConversationStore: Send + Sync {
     /// The conversation for `key`, or None. Items past their expiry are treated as absent
     /// (DynamoDB TTL deletion lags by up to days).
@@ -79,6 +105,27 @@ pub trait ConversationStore: Send + Sync {
         key: &'a str,
         conversation_id: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Takes a mapping to continue it: only while it is live and its state is `expected`,
+    /// and then atomically sets its state to `token` (this request's own), so that of two
+    /// requests continuing the same state exactly one does. Refreshes the expiry.
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        expected: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Claim, StoreError>>;
+
+    /// Writes the mapping after an answer. With `claimed`, only while the mapping is still
+    /// in that state (the token of [`ConversationStore::claim`]); returns false when it is
+    /// not, because a newer request remapped the key. Without, unconditionally (a new or
+    /// forked conversation is the key's from now on).
+    fn settle<'a>(
+        &'a self,
+        key: &'a str,
+        mapping: Mapping<'a>,
+        claimed: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
 
     /// What backs the store, for the startup log line ("dynamodb table NAME",
     /// "in-process memory").

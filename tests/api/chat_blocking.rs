@@ -41,7 +41,7 @@ async fn blocking_answer_from_a_chat_app() {
     assert_eq!(sent.response_mode(), Some("streaming"));
     assert_eq!(sent.body["inputs"], json!({}));
     assert_eq!(sent.query(), Some("What is the capital of France?"));
-    assert_eq!(sent.user(), Some("opendify"));
+    assert_eq!(sent.user(), Some(default_user().as_str()));
     assert_eq!(sent.conversation_id(), None);
 }
 
@@ -119,6 +119,7 @@ async fn earlier_messages_are_folded_into_the_query() {
 async fn end_user_comes_from_field_then_header_then_metadata() {
     let app = spawn_app().await;
     app.dify.set(APP_KEY, Scenario::answer("ok"));
+    let default = default_user();
     let cases: Vec<(Value, Option<&str>, &str)> = vec![
         (
             json!({"user": "alice", "metadata": {"user_id": "carol"}}),
@@ -131,7 +132,7 @@ async fn end_user_comes_from_field_then_header_then_metadata() {
             "bob",
         ),
         (json!({"metadata": {"user_id": "carol"}}), None, "carol"),
-        (json!({}), None, "opendify"),
+        (json!({}), None, default.as_str()),
     ];
     for (i, (extra, header, expected)) in cases.into_iter().enumerate() {
         let mut body = user_message("hi");

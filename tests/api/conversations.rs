@@ -73,11 +73,11 @@ async fn continues_by_chat_id_header_sending_only_the_new_message() {
 
     let reqs = app.dify.requests();
     assert_eq!(reqs[0].conversation_id(), None);
-    let conversation = app.dify.conversation_ids(APP_KEY, "opendify")[0].clone();
+    let conversation = app.dify.conversation_ids(APP_KEY, &default_user())[0].clone();
     assert_eq!(reqs[1].conversation_id(), Some(conversation.as_str()));
     assert_eq!(reqs[1].query(), Some("What is my name?"));
     assert_eq!(
-        stored(&table, &chat_key(&tenant(), MODEL, "opendify", "chat-1")).await,
+        stored(&table, &chat_key(&tenant(), MODEL, &default_user(), "chat-1")).await,
         Some(conversation)
     );
 }
@@ -107,8 +107,9 @@ async fn continues_by_metadata_chat_id_and_renamed_header() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    let b4 = json!({"model": MODEL, "messages": [{"role":"user","content":"three"},{"role":"assistant","content":"ok"},{"role":"user","content":"four"}]});
     let r = app
-        .post_chat(&b2)
+        .post_chat(&b4)
         .header("X-My-Chat", "hdr-chat")
         .send()
         .await
@@ -116,7 +117,7 @@ async fn continues_by_metadata_chat_id_and_renamed_header() {
     assert_eq!(r.status(), 200);
 
     let reqs = app.dify.requests();
-    let ids = app.dify.conversation_ids(APP_KEY, "opendify");
+    let ids = app.dify.conversation_ids(APP_KEY, &default_user());
     assert_eq!(ids.len(), 2);
     assert_eq!(
         (reqs[1].conversation_id(), reqs[1].query()),
@@ -125,7 +126,7 @@ async fn continues_by_metadata_chat_id_and_renamed_header() {
     assert_eq!(reqs[2].conversation_id(), None);
     assert_eq!(
         (reqs[3].conversation_id(), reqs[3].query()),
-        (Some(ids[1].as_str()), Some("two"))
+        (Some(ids[1].as_str()), Some("four"))
     );
 }
 
@@ -196,18 +197,19 @@ async fn concurrent_first_turns_end_with_one_mapping() {
     )
     .await;
     assert!(answers.iter().all(|a| a == "one two three"), "{answers:?}");
-    let created = app.dify.conversation_ids(APP_KEY, "opendify");
+    let created = app.dify.conversation_ids(APP_KEY, &default_user());
     assert_eq!(
         created.len(),
         4,
         "each first turn made its own Dify conversation"
     );
-    let winner = stored(&table, &chat_key(&tenant(), MODEL, "opendify", "race"))
+    let winner = stored(&table, &chat_key(&tenant(), MODEL, &default_user(), "race"))
         .await
         .expect("one mapping");
     assert!(created.contains(&winner));
 
-    // Every later turn continues the winner, never flipping.
+    // The next turn continues the winner; the same turn sent again (a regenerate, a
+    // retry) has diverged from what that conversation now holds: it starts anew.
     let next = turn(
         MODEL,
         &[
@@ -220,11 +222,15 @@ async fn concurrent_first_turns_end_with_one_mapping() {
         send(&app, next.clone(), Some("race"), None).await;
     }
     let reqs = app.dify.requests();
-    assert!(
-        reqs[4..]
-            .iter()
-            .all(|r| r.conversation_id() == Some(winner.as_str()))
-    );
+    assert_eq!(reqs[4].conversation_id(), Some(winner.as_str()));
+    assert_eq!(reqs[4].query(), Some("more"));
+    for r in &reqs[5..] {
+        assert_eq!(r.conversation_id(), None);
+        assert_eq!(
+            r.query(),
+            Some("User: start\n\nAssistant: one two three\n\nUser: more")
+        );
+    }
 }
 
 #[tokio::test]
@@ -267,8 +273,8 @@ async fn continues_without_chat_id_over_three_turns() {
     send(&app, b3, None, None).await;
 
     let reqs = app.dify.requests();
-    let conversation = app.dify.conversation_ids(APP_KEY, "opendify")[0].clone();
-    assert_eq!(app.dify.conversation_ids(APP_KEY, "opendify").len(), 1);
+    let conversation = app.dify.conversation_ids(APP_KEY, &default_user())[0].clone();
+    assert_eq!(app.dify.conversation_ids(APP_KEY, &default_user()).len(), 1);
     assert_eq!(reqs[0].conversation_id(), None);
     assert_eq!(
         (reqs[1].conversation_id(), reqs[1].query()),
@@ -323,18 +329,31 @@ async fn deleted_upstream_conversation_recovers_with_a_normal_answer() {
     app.dify
         .set(APP_KEY, Scenario::answer_with_conversations("fine"));
     send(&app, turn(MODEL, &[("user", "first")]), Some("c-del"), None).await;
-    let old = app.dify.conversation_ids(APP_KEY, "opendify")[0].clone();
+    let old = app.dify.conversation_ids(APP_KEY, &default_user())[0].clone();
     assert!(app.dify.delete_conversation(&old));
 
     for stream in [false, true] {
-        let mut body = turn(
-            MODEL,
-            &[("user", "first"), ("assistant", "fine"), ("user", "second")],
-        );
+        let mut body = if stream {
+            turn(
+                MODEL,
+                &[
+                    ("user", "first"),
+                    ("assistant", "fine"),
+                    ("user", "second"),
+                    ("assistant", "fine"),
+                    ("user", "third"),
+                ],
+            )
+        } else {
+            turn(
+                MODEL,
+                &[("user", "first"), ("assistant", "fine"), ("user", "second")],
+            )
+        };
         body["stream"] = json!(stream);
         if stream {
             // Delete again so the streaming path meets the 404 too.
-            let current = stored(&table, &chat_key(&tenant(), MODEL, "opendify", "c-del"))
+            let current = stored(&table, &chat_key(&tenant(), MODEL, &default_user(), "c-del"))
                 .await
                 .unwrap();
             assert!(app.dify.delete_conversation(&current));
@@ -359,13 +378,17 @@ async fn deleted_upstream_conversation_recovers_with_a_normal_answer() {
         reqs[2].query(),
         Some("User: first\n\nAssistant: fine\n\nUser: second")
     );
+    // turn 3 continued turn 2's new conversation, met the 404 too, and started over.
     assert_eq!(reqs.len(), 5);
-    let now = stored(&table, &chat_key(&tenant(), MODEL, "opendify", "c-del"))
+    assert_eq!(reqs[3].query(), Some("third"));
+    assert!(reqs[3].conversation_id().is_some());
+    assert_eq!(reqs[4].conversation_id(), None);
+    let now = stored(&table, &chat_key(&tenant(), MODEL, &default_user(), "c-del"))
         .await
         .unwrap();
     assert_ne!(now, old);
     assert_eq!(
-        app.dify.conversation_ids(APP_KEY, "opendify").last(),
+        app.dify.conversation_ids(APP_KEY, &default_user()).last(),
         Some(&now)
     );
 }
@@ -382,7 +405,7 @@ async fn open_webui_background_tasks_stay_out_of_the_conversation() {
         None,
     )
     .await;
-    let key = chat_key(&tenant(), MODEL, "opendify", "c-task");
+    let key = chat_key(&tenant(), MODEL, &default_user(), "c-task");
     let before = stored(&table, &key).await.unwrap();
     let task = "### Task:\nGenerate a concise, 3-5 word title for the chat history.\n<chat_history>\nUSER: Plan my trip\n</chat_history>";
     send(&app, turn(MODEL, &[("user", task)]), Some("c-task"), None).await;
@@ -432,7 +455,7 @@ async fn mappings_carry_a_ttl_that_is_refreshed_on_use() {
         .set(APP_KEY, Scenario::answer_with_conversations("ok"));
     send(&app, turn(MODEL, &[("user", "a")]), Some("c-ttl"), None).await;
     let moto = Moto::shared().await;
-    let key = chat_key(&tenant(), MODEL, "opendify", "c-ttl");
+    let key = chat_key(&tenant(), MODEL, &default_user(), "c-ttl");
     let item = moto.get_item_raw(&table, &key).await.unwrap();
     let now = opendify::unix_now();
     let expires = number(&item, "expires_at");
@@ -441,9 +464,13 @@ async fn mappings_carry_a_ttl_that_is_refreshed_on_use() {
         "expires_at {expires} vs now {now}"
     );
     assert!(
-        !item.contains_key("query") && item.len() == 4,
-        "only ids and times: {item:?}"
+        !item.contains_key("query") && item.len() == 6,
+        "only ids, digests and times: {item:?}"
     );
+    for digest in ["conversation_state", "system_digest"] {
+        let d = item[digest].as_s().unwrap();
+        assert!(d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()), "{item:?}");
+    }
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
     send(
@@ -459,8 +486,10 @@ async fn mappings_carry_a_ttl_that_is_refreshed_on_use() {
 }
 
 #[tokio::test]
-async fn abandoned_stream_still_maps_its_conversation() {
-    let (app, table) = spawn_app_dynamo(&[]).await;
+async fn the_turn_after_an_abandoned_stream_starts_anew_with_what_the_user_saw() {
+    // Dify keeps part of an abandoned answer, the client another part: the conversation
+    // no longer holds what the user sees, so the next turn folds the visible history.
+    let (app, _) = spawn_app_dynamo(&[]).await;
     app.dify.set(
         APP_KEY,
         Scenario::endless(" tok", Duration::from_millis(50), "task-abandon"),
@@ -473,18 +502,24 @@ async fn abandoned_stream_still_maps_its_conversation() {
         .wait_for_stop(Duration::from_secs(10))
         .await
         .expect("stopped");
-    let key = chat_key(&tenant(), MODEL, "opendify", "c-abandon");
-    let mut mapped = None;
-    for _ in 0..50 {
-        mapped = stored(&table, &key).await;
-        if mapped.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        mapped.is_some(),
-        "the first frame's conversation id was stored"
+
+    app.dify
+        .set(APP_KEY, Scenario::answer_with_conversations("fine"));
+    let mut next = turn(
+        MODEL,
+        &[
+            ("user", "long story"),
+            ("assistant", "tok tok"),
+            ("user", "go on"),
+        ],
+    );
+    next["metadata"] = json!({"chat_id": "c-abandon"});
+    assert_eq!(send(&app, next, None, None).await, "fine");
+    let last = app.dify.requests().pop().unwrap();
+    assert_eq!(last.conversation_id(), None);
+    assert_eq!(
+        last.query(),
+        Some("User: long story\n\nAssistant: tok tok\n\nUser: go on")
     );
 }
 
@@ -533,7 +568,7 @@ async fn two_proxy_keys_never_share_a_conversation() {
     assert_eq!(reqs.len(), 6);
     for (i, chat) in [(0, "chat id"), (3, "history digest")] {
         assert_eq!(reqs[i].conversation_id(), None);
-        let a = app.dify.conversation_ids(APP_KEY, "opendify");
+        let a = app.dify.conversation_ids(APP_KEY, &default_user());
         assert_eq!(
             reqs[i + 1].conversation_id(),
             None,
@@ -568,7 +603,7 @@ async fn a_file_turn_in_open_webuis_rag_shape_stays_in_the_conversation() {
         None,
     )
     .await;
-    let key = chat_key(&tenant(), MODEL, "opendify", "c-rag");
+    let key = chat_key(&tenant(), MODEL, &default_user(), "c-rag");
     let conversation = stored(&table, &key).await.unwrap();
     let rag = "### Task:\nAnswer the question from the sources below, citing [id] where a source has one.\n\n<context>\n<source id=\"1\">Quarterly report: revenue rose 12% on the year.</source>\n</context>\n\nWhat was the revenue growth?";
     send(
@@ -630,10 +665,10 @@ async fn background_tasks_leave_no_conversation_behind_in_dify() {
     let deleted = app.dify.deletions();
     assert_eq!(deleted.len(), 2, "{deleted:?}");
     for d in &deleted {
-        assert_eq!((d.key.as_str(), d.user.as_str()), (APP_KEY, "opendify"));
+        assert_eq!((d.key.as_str(), d.user.as_str()), (APP_KEY, default_user().as_str()));
     }
     assert_ne!(deleted[0].conversation_id, deleted[1].conversation_id);
-    let left = app.dify.conversation_ids(APP_KEY, "opendify");
+    let left = app.dify.conversation_ids(APP_KEY, &default_user());
     assert_eq!(left.len(), 1, "task conversations left in Dify: {left:?}");
     assert!(deleted.iter().all(|d| d.conversation_id != left[0]));
 }

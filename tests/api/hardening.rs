@@ -171,7 +171,7 @@ async fn a_stalled_stream_ends_with_an_error_and_the_task_is_stopped() {
         .expect("the stalled task is stopped");
     assert_eq!(
         (stop.task_id.as_str(), stop.user.as_str()),
-        ("task-stall", "opendify")
+        ("task-stall", default_user().as_str())
     );
 
     // Blocking clients get a 502 instead of waiting forever.
@@ -364,7 +364,7 @@ async fn client_leaving_before_the_first_byte_releases_dify_and_leaves_the_serve
         .expect("the abandoned task is stopped");
     assert_eq!(
         (stop.task_id.as_str(), stop.key.as_str(), stop.user.as_str()),
-        ("task-stall", APP_KEY, "opendify")
+        ("task-stall", APP_KEY, default_user().as_str())
     );
 
     // 3. The server is still healthy.

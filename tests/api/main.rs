@@ -12,6 +12,7 @@ mod chat_errors;
 mod chat_stream;
 mod conversations;
 mod hardening;
+mod linear;
 mod models;
 mod responses;
 mod stream_ends;

@@ -321,7 +321,7 @@ async fn a_conversation_deleted_in_dify_is_reported_not_replaced() {
     app.dify
         .set(APP_KEY, Scenario::answer_with_conversations("Noted."));
     let r1 = chained(&app, json!("Remember the word basalt."), None, json!({})).await;
-    let conversation = app.dify.conversation_ids(APP_KEY, "opendify");
+    let conversation = app.dify.conversation_ids(APP_KEY, &default_user());
     assert!(app.dify.delete_conversation(&conversation[0]));
     let (status, _, v) = respond(
         &app,

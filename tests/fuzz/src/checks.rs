@@ -12,7 +12,7 @@ use opendify::dify::{DifyError, DifyEvent};
 use opendify::error::{ApiError, ClientError};
 use opendify::openai::chat::{ChunkEncoder, ChunkMeta, Output, completion, content_text};
 use opendify::openai::responses::ResponsesRequest;
-use opendify::openai::{ChatCompletionChunk, ChatCompletionRequest, FinishReason, UsageField};
+use opendify::openai::{ChatCompletionChunk, ChatCompletionRequest, FinishReason, Role, UsageField};
 use opendify::plan::to_turn;
 use serde_json::Value;
 use url::Url;
@@ -40,7 +40,7 @@ fn responses_request(data: &[u8]) {
                 if continues {
                     assert!(turn.history.is_empty(), "a continued turn resends history");
                 }
-                let query = turn.chat_message(None).query;
+                let query = turn.chat_message(None, false).query;
                 assert!(query.ends_with(&turn.message));
             }
             Err(e) => {
@@ -129,7 +129,7 @@ pub fn request(data: &[u8]) {
             assert!(query.len() > turn.message.len());
         }
         for continued in [None, Some("c0ffee".to_string())] {
-            let body = turn.chat_message(continued.clone());
+            let body = turn.chat_message(continued.clone(), false);
             assert_eq!(
                 &body.query,
                 if continued.is_some() {
@@ -161,7 +161,11 @@ pub fn request(data: &[u8]) {
                 }
                 Thread::History { lookup } => {
                     assert!(history_matching && !has_chat_id);
-                    assert_eq!(lookup.is_some(), !turn.history.is_empty());
+                    let has_turns = turn
+                        .history
+                        .iter()
+                        .any(|(r, _)| !matches!(r, Role::System | Role::Developer));
+                    assert_eq!(lookup.is_some(), has_turns);
                     if let Some(key) = lookup {
                         assert!(key.starts_with("hist#") && key.len() == 5 + 64, "{key}");
                     }
