@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::types::AttributeValue;
 use futures_util::future::join_all;
 use opendify::store::dynamo::StoreBudget;
-use opendify::store::{ConversationStore, DynamoStore, MemoryStore, PutOutcome, StoreError};
+use opendify::store::{
+    Claim, ConversationStore, DynamoStore, Mapping, MemoryStore, PutOutcome, StoreError,
+};
 use support::moto::{Moto, number};
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -101,7 +103,125 @@ async fn check_mismatched_ids(store: &dyn ConversationStore) {
     assert_eq!(store.get("k").await, Ok(Some("mine".into())));
 }
 
+fn mapping<'a>(conversation_id: &'a str, state: &'a str) -> Mapping<'a> {
+    Mapping {
+        conversation_id,
+        state,
+        system: "sys-1",
+    }
+}
+
+/// The linear-conversation protocol: a mapping is continued only from the state it holds,
+/// by one request at a time; a claimed state cannot be claimed again.
+async fn check_claims(store: &dyn ConversationStore) {
+    assert_eq!(store.claim("c", "s0", "t1").await, Ok(Claim::Absent));
+    assert_eq!(
+        store.settle("c", mapping("conv-1", "s1"), None).await,
+        Ok(true)
+    );
+    assert_eq!(store.claim("c", "s0", "t1").await, Ok(Claim::Diverged));
+    assert_eq!(
+        store.claim("c", "s1", "t1").await,
+        Ok(Claim::Continue {
+            conversation_id: "conv-1".into(),
+            system: Some("sys-1".into())
+        })
+    );
+    // The same state a second time (a regenerate, a twin chat): taken already.
+    assert_eq!(store.claim("c", "s1", "t2").await, Ok(Claim::Diverged));
+    // Only the holder of the claim moves the mapping on.
+    assert_eq!(
+        store.settle("c", mapping("conv-1", "s2"), Some("t2")).await,
+        Ok(false)
+    );
+    assert_eq!(
+        store.settle("c", mapping("conv-1", "s2"), Some("t1")).await,
+        Ok(true)
+    );
+    assert!(matches!(
+        store.claim("c", "s2", "t3").await,
+        Ok(Claim::Continue { .. })
+    ));
+    // A fork remaps unconditionally; the claim it overtook can no longer settle.
+    assert_eq!(
+        store.settle("c", mapping("conv-2", "s3"), None).await,
+        Ok(true)
+    );
+    assert_eq!(
+        store.settle("c", mapping("conv-1", "s3"), Some("t3")).await,
+        Ok(false)
+    );
+    assert_eq!(store.get("c").await, Ok(Some("conv-2".into())));
+    // A mapping written without a state (before states existed) is never continued.
+    store.put("old", "conv-0").await.expect("put");
+    assert_eq!(store.claim("old", "s0", "t4").await, Ok(Claim::Diverged));
+}
+
+/// Of many requests continuing the same state at once, exactly one does.
+async fn check_claim_race(store: &dyn ConversationStore) {
+    store
+        .settle("r", mapping("conv-r", "s1"), None)
+        .await
+        .expect("settle");
+    let tokens: Vec<String> = (0..10).map(|i| format!("t{i}")).collect();
+    let claims = join_all(tokens.iter().map(|t| store.claim("r", "s1", t))).await;
+    let won = claims
+        .iter()
+        .filter(|c| matches!(c, Ok(Claim::Continue { .. })))
+        .count();
+    assert_eq!(won, 1, "{claims:?}");
+    assert!(
+        claims
+            .iter()
+            .all(|c| matches!(c, Ok(Claim::Continue { .. } | Claim::Diverged))),
+        "{claims:?}"
+    );
+}
+
 // ---- DynamoDB (moto) -----------------------------------------------------------------
+
+#[tokio::test]
+async fn dynamo_claims_follow_the_conversation_state() {
+    let (moto, table, store) = dynamo(HOUR).await;
+    check_claims(&store).await;
+    // Only ids, digests and times.
+    let item = moto.get_item_raw(&table, "c").await.expect("item");
+    let mut names: Vec<&str> = item.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "conversation_id",
+            "conversation_state",
+            "expires_at",
+            "pk",
+            "system_digest",
+            "updated_at"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn dynamo_claim_race_has_one_winner() {
+    let (_, _, store) = dynamo(HOUR).await;
+    check_claim_race(&store).await;
+}
+
+#[tokio::test]
+async fn dynamo_expired_mapping_is_not_claimed() {
+    let (moto, table, store) = dynamo(HOUR).await;
+    moto.put_item_raw(
+        &table,
+        item(&[
+            ("pk", s("x")),
+            ("conversation_id", s("conv-x")),
+            ("conversation_state", s("s1")),
+            ("expires_at", n(unix_now() - 5)),
+        ]),
+    )
+    .await;
+    assert_eq!(store.claim("x", "s1", "t").await, Ok(Claim::Absent));
+}
 
 #[tokio::test]
 async fn dynamo_round_trips() {
@@ -512,6 +632,16 @@ async fn dynamo_misconfigured_clients() {
 #[tokio::test]
 async fn memory_round_trips() {
     check_round_trips(&MemoryStore::new(HOUR)).await;
+}
+
+#[tokio::test]
+async fn memory_claims_follow_the_conversation_state() {
+    check_claims(&MemoryStore::new(HOUR)).await;
+}
+
+#[tokio::test]
+async fn memory_claim_race_has_one_winner() {
+    check_claim_race(&MemoryStore::new(HOUR)).await;
 }
 
 #[tokio::test]

@@ -287,11 +287,17 @@ mod tests {
             sys(&[(Role::Developer, " Docs:  v1"), (Role::User, "other")])
         );
         // A regenerated or edited answer, a dropped turn: another state.
-        assert_ne!(s(&turns), s(&[(Role::User, "Hi"), (Role::Assistant, "Hey!")]));
+        assert_ne!(
+            s(&turns),
+            s(&[(Role::User, "Hi"), (Role::Assistant, "Hey!")])
+        );
         assert_ne!(s(&turns), s(&[(Role::User, "Hi")]));
         assert_ne!(s(&turns), s(&[]));
         // Roles count: the same words said by the other side are another conversation.
-        assert_ne!(s(&turns), s(&[(Role::Assistant, "Hi"), (Role::User, "Hello!")]));
+        assert_ne!(
+            s(&turns),
+            s(&[(Role::Assistant, "Hi"), (Role::User, "Hello!")])
+        );
         // The state is the history key's transcript, without tenant, model or user.
         assert_eq!(s(&[]).len(), 64);
     }

@@ -68,7 +68,11 @@ impl Turn {
     /// The `/chat-messages` body. A continued conversation's history is in Dify already,
     /// so it gets only the new message (after the system messages, if `resend_system`);
     /// a new one gets the folded history.
-    pub fn chat_message(&self, continued: Option<String>, resend_system: bool) -> ChatMessageRequest {
+    pub fn chat_message(
+        &self,
+        continued: Option<String>,
+        resend_system: bool,
+    ) -> ChatMessageRequest {
         ChatMessageRequest {
             query: match continued {
                 Some(_) if resend_system => self.query_with_system(),

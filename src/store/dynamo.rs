@@ -297,7 +297,12 @@ impl DynamoStore {
         }
     }
 
-    async fn claim_item(&self, key: &str, expected: &str, token: &str) -> Result<Claim, StoreError> {
+    async fn claim_item(
+        &self,
+        key: &str,
+        expected: &str,
+        token: &str,
+    ) -> Result<Claim, StoreError> {
         let now = crate::unix_now();
         // A lookup: it holds up the first token, so it gets the lookup budget.
         let (config, cap) = self.call_config(false);
@@ -358,10 +363,20 @@ impl DynamoStore {
     ) -> Result<bool, StoreError> {
         let now = crate::unix_now();
         let mut item = self.item(key, mapping.conversation_id, now);
-        item.insert(STATE.to_string(), AttributeValue::S(mapping.state.to_string()));
-        item.insert(SYSTEM.to_string(), AttributeValue::S(mapping.system.to_string()));
+        item.insert(
+            STATE.to_string(),
+            AttributeValue::S(mapping.state.to_string()),
+        );
+        item.insert(
+            SYSTEM.to_string(),
+            AttributeValue::S(mapping.system.to_string()),
+        );
         let (config, cap) = self.call_config(true);
-        let mut put = self.client.put_item().table_name(&self.table).set_item(Some(item));
+        let mut put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item));
         if let Some(token) = claimed {
             put = put
                 .condition_expression("conversation_state = :token")

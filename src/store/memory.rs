@@ -93,10 +93,10 @@ impl MemoryStore {
         entry.system = Some(mapping.system.to_string());
         let mut inner = self.lock();
         if let Some(token) = claimed
-            && !inner
+            && inner
                 .entries
                 .get(key)
-                .is_some_and(|e| e.state.as_deref() == Some(token))
+                .is_none_or(|e| e.state.as_deref() != Some(token))
         {
             return false;
         }

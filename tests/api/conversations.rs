@@ -77,7 +77,11 @@ async fn continues_by_chat_id_header_sending_only_the_new_message() {
     assert_eq!(reqs[1].conversation_id(), Some(conversation.as_str()));
     assert_eq!(reqs[1].query(), Some("What is my name?"));
     assert_eq!(
-        stored(&table, &chat_key(&tenant(), MODEL, &default_user(), "chat-1")).await,
+        stored(
+            &table,
+            &chat_key(&tenant(), MODEL, &default_user(), "chat-1")
+        )
+        .await,
         Some(conversation)
     );
 }
@@ -353,9 +357,12 @@ async fn deleted_upstream_conversation_recovers_with_a_normal_answer() {
         body["stream"] = json!(stream);
         if stream {
             // Delete again so the streaming path meets the 404 too.
-            let current = stored(&table, &chat_key(&tenant(), MODEL, &default_user(), "c-del"))
-                .await
-                .unwrap();
+            let current = stored(
+                &table,
+                &chat_key(&tenant(), MODEL, &default_user(), "c-del"),
+            )
+            .await
+            .unwrap();
             assert!(app.dify.delete_conversation(&current));
             let r = app
                 .post_chat(&body)
@@ -383,9 +390,12 @@ async fn deleted_upstream_conversation_recovers_with_a_normal_answer() {
     assert_eq!(reqs[3].query(), Some("third"));
     assert!(reqs[3].conversation_id().is_some());
     assert_eq!(reqs[4].conversation_id(), None);
-    let now = stored(&table, &chat_key(&tenant(), MODEL, &default_user(), "c-del"))
-        .await
-        .unwrap();
+    let now = stored(
+        &table,
+        &chat_key(&tenant(), MODEL, &default_user(), "c-del"),
+    )
+    .await
+    .unwrap();
     assert_ne!(now, old);
     assert_eq!(
         app.dify.conversation_ids(APP_KEY, &default_user()).last(),
@@ -469,7 +479,10 @@ async fn mappings_carry_a_ttl_that_is_refreshed_on_use() {
     );
     for digest in ["conversation_state", "system_digest"] {
         let d = item[digest].as_s().unwrap();
-        assert!(d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()), "{item:?}");
+        assert!(
+            d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{item:?}"
+        );
     }
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -665,7 +678,10 @@ async fn background_tasks_leave_no_conversation_behind_in_dify() {
     let deleted = app.dify.deletions();
     assert_eq!(deleted.len(), 2, "{deleted:?}");
     for d in &deleted {
-        assert_eq!((d.key.as_str(), d.user.as_str()), (APP_KEY, default_user().as_str()));
+        assert_eq!(
+            (d.key.as_str(), d.user.as_str()),
+            (APP_KEY, default_user().as_str())
+        );
     }
     assert_ne!(deleted[0].conversation_id, deleted[1].conversation_id);
     let left = app.dify.conversation_ids(APP_KEY, &default_user());

@@ -130,7 +130,25 @@ pub async fn spawn_app_dynamo(overrides: &[(&str, &str)]) -> (TestApp, String) {
     (app, table)
 }
 
+/// The app on a fresh moto table whose item writes arrive `delay` late.
+pub async fn spawn_app_slow_writes(delay: std::time::Duration) -> (TestApp, String) {
+    let moto = crate::support::moto::Moto::shared().await;
+    let table = moto.fresh_table().await;
+    let app = spawn_app_store(&[], Store::SlowWrites(&table, delay)).await;
+    (app, table)
+}
+
+enum Store<'a> {
+    Memory,
+    Moto(&'a str),
+    SlowWrites(&'a str, std::time::Duration),
+}
+
 async fn spawn_app_on(overrides: &[(&str, &str)], table: Option<&str>) -> TestApp {
+    spawn_app_store(overrides, table.map_or(Store::Memory, Store::Moto)).await
+}
+
+async fn spawn_app_store(overrides: &[(&str, &str)], store: Store<'_>) -> TestApp {
     capture_logs();
     let dify = FakeDify::start().await;
     let mut vars: HashMap<String, String> = HashMap::from([
@@ -149,12 +167,14 @@ async fn spawn_app_on(overrides: &[(&str, &str)], table: Option<&str>) -> TestAp
     }
     let config = opendify::Config::from_lookup(|name| vars.get(name).cloned())
         .expect("test config is valid");
-    let store: std::sync::Arc<dyn opendify::store::ConversationStore> = match table {
-        Some(table) => {
-            let moto = crate::support::moto::Moto::shared().await;
-            std::sync::Arc::new(moto.store(table, config.conversation_ttl))
+    let ttl = config.conversation_ttl;
+    let moto = || crate::support::moto::Moto::shared();
+    let store: std::sync::Arc<dyn opendify::store::ConversationStore> = match store {
+        Store::Moto(table) => std::sync::Arc::new(moto().await.store(table, ttl)),
+        Store::SlowWrites(table, delay) => {
+            std::sync::Arc::new(moto().await.store_with_slow_writes(table, ttl, delay).await)
         }
-        None => std::sync::Arc::new(opendify::store::MemoryStore::new(config.conversation_ttl)),
+        Store::Memory => std::sync::Arc::new(opendify::store::MemoryStore::new(ttl)),
     };
     let state = opendify::AppState::new(config, store).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -221,6 +221,20 @@ impl Moto {
         opendify::store::DynamoStore::new(self.store_client(), table.to_string(), ttl)
     }
 
+    /// A store on `table` whose item writes (`PutItem`) reach this server `delay` late,
+    /// through a relay on loopback; reads and conditional updates pass at once. For tests
+    /// of what a client sees while a write is still on its way.
+    pub async fn store_with_slow_writes(
+        &self,
+        table: &str,
+        ttl: Duration,
+        delay: Duration,
+    ) -> opendify::store::DynamoStore {
+        let relay = slow_write_relay(self.endpoint(), delay).await;
+        let config = opendify::store::dynamo::with_budget(self.config().endpoint_url(relay));
+        opendify::store::DynamoStore::new(Client::from_conf(config.build()), table.to_string(), ttl)
+    }
+
     /// Creates a table with a unique name: `pk` (S) hash key, on-demand billing, TTL on
     /// `expires_at`.
     pub async fn fresh_table(&self) -> String {
@@ -372,4 +386,51 @@ fn alive(pid: u32) -> bool {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
         Err(_) => true,
     }
+}
+
+/// An HTTP relay to `upstream` that holds each `PutItem` for `delay`. Returns its URL.
+async fn slow_write_relay(upstream: String, delay: Duration) -> String {
+    use axum::body::{Body, Bytes};
+    use axum::http::{HeaderMap, Method, Response, Uri};
+
+    let client = reqwest::Client::new();
+    let handler = move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+        let (client, upstream) = (client.clone(), upstream.clone());
+        async move {
+            let put = headers
+                .get("x-amz-target")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|t| t.ends_with(".PutItem"));
+            if put {
+                tokio::time::sleep(delay).await;
+            }
+            let mut req = client
+                .request(method, format!("{upstream}{uri}"))
+                .body(body);
+            for (name, value) in &headers {
+                if name != "host" && name != "content-length" {
+                    req = req.header(name, value);
+                }
+            }
+            let answer = req.send().await.expect("moto answers the relay");
+            let mut response = Response::builder().status(answer.status());
+            for (name, value) in answer.headers() {
+                if name != "content-length" && name != "transfer-encoding" {
+                    response = response.header(name, value);
+                }
+            }
+            let bytes = answer.bytes().await.expect("moto's body");
+            response
+                .body(Body::from(bytes))
+                .expect("a relayed response")
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the relay");
+    let url = format!("http://{}", listener.local_addr().expect("relay address"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, axum::Router::new().fallback(handler)).await;
+    });
+    url
 }

@@ -12,7 +12,9 @@ use opendify::dify::{DifyError, DifyEvent};
 use opendify::error::{ApiError, ClientError};
 use opendify::openai::chat::{ChunkEncoder, ChunkMeta, Output, completion, content_text};
 use opendify::openai::responses::ResponsesRequest;
-use opendify::openai::{ChatCompletionChunk, ChatCompletionRequest, FinishReason, Role, UsageField};
+use opendify::openai::{
+    ChatCompletionChunk, ChatCompletionRequest, FinishReason, Role, UsageField,
+};
 use opendify::plan::to_turn;
 use serde_json::Value;
 use url::Url;
