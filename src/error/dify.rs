@@ -86,7 +86,7 @@ fn from_dify_code(model: &str, status: Option<u16>, code: &str, message: &str) -
             "server_error",
             Some("dify_app_mode_unsupported"),
             format!(
-                "Model `{model}` points to a Dify app that cannot answer chat messages (use a Chatbot, Agent or Chatflow app).{quoted}"
+                "Model `{model}` points to a Dify app of another kind than the request was sent for: check its `mode` in MODEL_CONFIG, or leave `mode` out so the proxy asks Dify.{quoted}"
             ),
         )
         .no_retry(),
@@ -129,6 +129,35 @@ fn from_dify_code(model: &str, status: Option<u16>, code: &str, message: &str) -
             "server_error",
             Some("dify_workflow_failed"),
             format!("The Dify chatflow behind model `{model}` failed.{quoted}"),
+        ),
+        (_, "workflow_failed") => ClientError::new(
+            S::BAD_GATEWAY,
+            "server_error",
+            Some("dify_workflow_failed"),
+            format!("The Dify workflow behind model `{model}` failed.{quoted}"),
+        ),
+        (_, "workflow_stopped") => ClientError::new(
+            S::BAD_GATEWAY,
+            "server_error",
+            Some("dify_workflow_stopped"),
+            format!(
+                "The Dify workflow run behind model `{model}` was stopped before it finished.{quoted}"
+            ),
+        ),
+        // The message is ours: why the outputs give no answer.
+        (_, "workflow_no_output") => ClientError::new(
+            S::BAD_GATEWAY,
+            "server_error",
+            Some("dify_workflow_no_output"),
+            format!("The Dify workflow behind model `{model}` finished with no answer: {message}"),
+        ),
+        (_, "human_input_required") => ClientError::new(
+            S::BAD_GATEWAY,
+            "server_error",
+            Some("dify_human_input_required"),
+            format!(
+                "The Dify app behind model `{model}` paused for human input (a Human Input node), which an OpenAI client cannot give; the run was stopped. Use the app in Dify, or remove the node."
+            ),
         ),
         (_, "invalid_param" | "conversation_completed") => ClientError::new(
             S::BAD_REQUEST,
@@ -248,6 +277,15 @@ mod tests {
         }
     }
 
+    /// A failure the decoder reports for a workflow run (no HTTP status).
+    fn event(code: &str) -> DifyError {
+        DifyError::Event {
+            code: code.into(),
+            status: None,
+            message: "x".into(),
+        }
+    }
+
     /// The README's error table, checked row by row.
     #[test]
     fn dify_error_table() {
@@ -340,6 +378,19 @@ mod tests {
                 "dify_timeout",
             ),
             (DifyError::Stream("cut".into()), 502, "dify_stream_error"),
+            (event("workflow_failed"), 502, "dify_workflow_failed"),
+            (event("workflow_stopped"), 502, "dify_workflow_stopped"),
+            (event("workflow_no_output"), 502, "dify_workflow_no_output"),
+            (
+                event("human_input_required"),
+                502,
+                "dify_human_input_required",
+            ),
+            (
+                http(400, "not_workflow_app", "x"),
+                502,
+                "dify_app_mode_unsupported",
+            ),
         ];
         for (error, status, code) in rows {
             let c = from_dify("m", &error, false);

@@ -18,6 +18,8 @@
 //! written the way Flask writes them: `json.dumps` separators (`", "` and
 //! `": "`), non-ASCII escaped, a trailing `\n`, `Content-Type: application/json`.
 //!
+//! Completion and workflow apps and `GET /info`: `fake_dify_apps.rs`.
+//!
 //! Streams are written through a channel into a streaming body. Every write
 //! goes out as its own HTTP chunk, so delays between writes are real.
 
@@ -38,6 +40,10 @@ use axum::serve::ListenerExt;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 use tokio::sync::{Notify, mpsc, watch};
+
+#[path = "fake_dify_apps.rs"]
+mod apps;
+pub use apps::{AppRequest, AppRun, AppStop, WorkflowSpec};
 
 /// Folder holding the Dify wire fixtures.
 pub const FIXTURE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dify/");
@@ -420,7 +426,7 @@ impl FakeDify {
             data: Mutex::new(Data::default()),
             shutdown: rx.clone(),
         });
-        let app = Router::new()
+        let app = apps::routes(Router::new())
             .route(
                 "/v1/chat-messages",
                 post(chat_messages).fallback(method_not_allowed),
@@ -623,6 +629,7 @@ struct Data {
     next_task_serial: u64,
     /// See [`FakeDify::hold_answers_until`].
     hold_until: usize,
+    apps: apps::AppsData,
 }
 
 struct TaskEntry {
@@ -653,7 +660,8 @@ impl Shared {
     }
 
     fn knows_key(&self, key: &str) -> bool {
-        self.lock().scenarios.contains_key(key)
+        let d = self.lock();
+        d.scenarios.contains_key(key) || d.apps.modes.contains_key(key)
     }
 
     fn next_scenario(&self, key: &str) -> Option<Scenario> {
@@ -764,6 +772,9 @@ async fn chat_messages(State(st): State<Arc<Shared>>, headers: HeaderMap, body: 
         Ok(found) => found,
         Err(response) => return *response,
     };
+    if let Some(refused) = apps::refuse_chat(&st, &key) {
+        return refused;
+    }
     let args = match validate_chat_payload(&map) {
         Ok(args) => args,
         Err(msg) => return error_response(400, "invalid_param", &msg),
