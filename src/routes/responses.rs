@@ -136,7 +136,8 @@ pub async fn create(
         metadata: request.metadata.clone().unwrap_or_default(),
     };
     let run = AnswerRun {
-        decoder: DifyDecoder::new(&request.model, state.dify().base().clone()),
+        decoder: DifyDecoder::new(&request.model, state.dify().base().clone())
+            .with_options(state.config().answer),
         task: RunningTask::new(state.dify().clone(), app_key.to_string(), turn.user.clone()),
         link,
         turn,

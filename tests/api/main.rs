@@ -14,5 +14,6 @@ mod conversations;
 mod hardening;
 mod linear;
 mod models;
+mod reasoning;
 mod responses;
 mod stream_ends;
