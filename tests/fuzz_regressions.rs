@@ -54,3 +54,10 @@ fn translate_corpus_and_regressions() {
     assert!(n > 0, "no seed corpus for `translate`");
     replay("regressions", "translate", checks::translate);
 }
+
+#[test]
+fn think_corpus_and_regressions() {
+    let n = replay("corpus", "think", checks::think);
+    assert!(n > 0, "no seed corpus for `think`");
+    replay("regressions", "think", checks::think);
+}

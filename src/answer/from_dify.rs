@@ -5,7 +5,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use url::Url;
 
-use super::{FileKind, Flow, Piece, Usage};
+use super::think::ThinkSplitter;
+use super::thoughts::{AgentThoughts, ThoughtUpdate};
+use super::{AnswerOptions, Citations, FileKind, Flow, Piece, ReasoningMode, Usage};
 use crate::answer::Failure;
 use crate::apps::AppMode;
 use crate::dify::{DifyError, DifyEvent, Event};
@@ -36,6 +38,13 @@ pub struct DifyDecoder {
     output_variable: Option<String>,
     /// Some answer content went out (text, a file, a replacement).
     content_seen: bool,
+    /// Splits inline thinking off the answer text (`REASONING_MODE=separate`).
+    think: Option<ThinkSplitter>,
+    /// An agent's tool use, told as reasoning.
+    thoughts: AgentThoughts,
+    citations: Citations,
+    /// The documents `message_end` cited, listed after the answer if asked for.
+    sources: Vec<String>,
 }
 
 impl DifyDecoder {
@@ -53,6 +62,10 @@ impl DifyDecoder {
             mode: AppMode::Chat,
             output_variable: None,
             content_seen: false,
+            think: Some(ThinkSplitter::new()),
+            thoughts: AgentThoughts::default(),
+            citations: Citations::Off,
+            sources: Vec::new(),
         }
     }
 
@@ -61,6 +74,16 @@ impl DifyDecoder {
     pub fn for_app(mut self, mode: AppMode, output_variable: Option<&str>) -> Self {
         self.mode = mode;
         self.output_variable = output_variable.map(str::to_string);
+        self
+    }
+
+    /// The deployment's choices about reasoning and citations.
+    pub fn with_options(mut self, options: AnswerOptions) -> Self {
+        self.think = match options.reasoning {
+            ReasoningMode::Separate => Some(ThinkSplitter::new()),
+            ReasoningMode::Inline => None,
+        };
+        self.citations = options.citations;
         self
     }
 
@@ -111,17 +134,17 @@ impl DifyDecoder {
                 let (len, digest) = self.agent_text.get_or_insert_default();
                 *len += answer.len();
                 digest.update(answer.as_bytes());
-                out.push(Piece::Text(answer));
+                self.text(answer, out);
             }
             Event::Message { answer } => {
                 // Some agent apps close with one `message` repeating the whole answer they
                 // already streamed as `agent_message`: drop it rather than say it twice.
                 if !answer.is_empty() && !self.repeats_agent_text(&answer) {
                     self.saw_message = true;
-                    out.push(Piece::Text(answer));
+                    self.text(answer, out);
                 }
             }
-            Event::TextChunk { text } if !text.is_empty() => out.push(Piece::Text(text)),
+            Event::TextChunk { text } if !text.is_empty() => self.text(text, out),
             Event::ReasoningChunk { text } if !text.is_empty() => out.push(Piece::Reasoning(text)),
             Event::MessageFile { kind, url, answer } => match (url, answer) {
                 (Some(url), _) if !url.is_empty() => {
@@ -136,13 +159,38 @@ impl DifyDecoder {
                     out.push(Piece::File { kind, url });
                 }
                 // Old builds sent plain text chunks as `message_file` with an answer.
-                (_, Some(answer)) if !answer.is_empty() => out.push(Piece::Text(answer)),
+                (_, Some(answer)) if !answer.is_empty() => self.text(answer, out),
                 _ => {}
             },
-            Event::MessageReplace { answer } => out.push(Piece::Replace(answer)),
+            Event::MessageReplace { answer } => {
+                // Text held back as a possible tag belongs to what is replaced: it goes
+                // out first (nothing is lost), and the replacement is taken as it is.
+                if let Some(mut think) = self.think.take() {
+                    think.finish(out);
+                }
+                out.push(Piece::Replace(answer));
+            }
+            Event::AgentThought {
+                id,
+                tool,
+                tool_input,
+                observation,
+            } => {
+                let update = ThoughtUpdate {
+                    id,
+                    tool,
+                    tool_input,
+                    observation,
+                };
+                if let Some(text) = self.thoughts.update(update) {
+                    out.push(Piece::Reasoning(text));
+                }
+            }
             // The answer is complete: it ends now, whatever trails it (`tts_message_end`,
             // a chatflow's `workflow_finished`) or however long Dify keeps the connection.
-            Event::MessageEnd { usage } => {
+            Event::MessageEnd { usage, sources } => {
+                self.sources = sources;
+                self.finish_text(out);
                 if let Some(u) = usage {
                     out.push(Piece::Usage(Usage {
                         prompt_tokens: u.prompt_tokens,
@@ -197,7 +245,7 @@ impl DifyDecoder {
                 self.fail_with(&error, true, out);
                 return Flow::Stop;
             }
-            // Progress, thoughts, audio, empty chunks: nothing for the client.
+            // Progress, audio, empty chunks: nothing for the client.
             Event::AgentMessage { .. }
             | Event::TextChunk { .. }
             | Event::ReasoningChunk { .. }
@@ -269,6 +317,10 @@ impl DifyDecoder {
             ),
             _ => {}
         }
+        // Text the thinking splitter still holds is content too.
+        let before = out.len();
+        self.finish_text(out);
+        self.content_seen |= out[before..].iter().any(|p| matches!(p, Piece::Text(_)));
         if !self.content_seen {
             match outputs_text(outputs.as_ref(), self.output_variable.as_deref()) {
                 Ok(text) => out.push(Piece::Text(text)),
@@ -290,9 +342,35 @@ impl DifyDecoder {
     }
 
     fn end(&mut self, out: &mut Vec<Piece>) -> Flow {
+        self.finish_text(out);
         self.over = true;
         out.push(Piece::End);
         Flow::Stop
+    }
+
+    /// Answer text, through the thinking splitter unless thinking stays inline.
+    fn text(&mut self, text: String, out: &mut Vec<Piece>) {
+        match &mut self.think {
+            Some(think) => think.push(text, out),
+            None => out.push(Piece::Text(text)),
+        }
+    }
+
+    /// The answer's text is complete: what the splitter and the agent's thoughts still
+    /// hold goes out, then the cited sources, if listed. Once.
+    fn finish_text(&mut self, out: &mut Vec<Piece>) {
+        if let Some(mut think) = self.think.take() {
+            think.finish(out);
+        }
+        if let Some(text) = self.thoughts.flush() {
+            out.push(Piece::Reasoning(text));
+        }
+        let sources = std::mem::take(&mut self.sources);
+        if self.citations == Citations::Sources
+            && let Some(list) = sources_list(sources)
+        {
+            out.push(Piece::Text(list));
+        }
     }
 
     fn repeats_agent_text(&self, text: &str) -> bool {
@@ -310,6 +388,10 @@ impl DifyDecoder {
     fn fail_with(&mut self, error: &DifyError, dify_ended: bool, out: &mut Vec<Piece>) {
         if self.over {
             return;
+        }
+        // What was held back as a possible tag still goes out before the error.
+        if let Some(mut think) = self.think.take() {
+            think.finish(out);
         }
         self.over = true;
         out.push(Piece::Failed(Failure {
@@ -361,4 +443,23 @@ pub fn outputs_text(outputs: Option<&Value>, variable: Option<&str>) -> Result<S
 /// Readable JSON (never `[object Object]`); our own values always serialize.
 fn json_text(value: &Value) -> String {
     serde_json::to_string_pretty(value).unwrap_or_default()
+}
+
+/// `Sources:` and the cited documents' names, numbered, each once, in Dify's order;
+/// `None` when there are none.
+fn sources_list(names: Vec<String>) -> Option<String> {
+    let mut seen: Vec<String> = Vec::new();
+    for name in names {
+        if !seen.contains(&name) {
+            seen.push(name);
+        }
+    }
+    if seen.is_empty() {
+        return None;
+    }
+    let mut list = String::from("\n\nSources:");
+    for (i, name) in seen.iter().enumerate() {
+        list.push_str(&format!("\n{}. {name}", i + 1));
+    }
+    Some(list)
 }

@@ -7,11 +7,40 @@ pub mod accumulate;
 pub mod from_dify;
 #[cfg(test)]
 mod tests;
+pub mod think;
+pub mod thoughts;
 
 pub use accumulate::{Accumulator, Content};
 pub use from_dify::DifyDecoder;
 
 use crate::error::ClientError;
+
+/// What becomes of thinking a model writes inline at the start of its answer
+/// (`REASONING_MODE`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ReasoningMode {
+    /// Split off as reasoning, apart from the answer.
+    #[default]
+    Separate,
+    /// Left in the answer text, as the model wrote it.
+    Inline,
+}
+
+/// What becomes of the knowledge-base documents Dify cites (`CITATIONS`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Citations {
+    #[default]
+    Off,
+    /// A numbered "Sources" list of document names at the end of the answer.
+    Sources,
+}
+
+/// Per-deployment choices about what an answer shows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AnswerOptions {
+    pub reasoning: ReasoningMode,
+    pub citations: Citations,
+}
 
 /// What one moment of an answer means, whichever app produced it.
 #[derive(Debug, Clone, PartialEq)]

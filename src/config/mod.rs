@@ -16,6 +16,8 @@ use url::Url;
 
 pub use models::ModelConfig;
 
+use crate::answer::{AnswerOptions, Citations, ReasoningMode};
+
 /// Default wait for Dify to connect and send its response head.
 pub const DEFAULT_DIFY_TIMEOUT_SECS: u64 = 30;
 /// Lambda function URLs accept at most 6 MB of request payload; match that locally.
@@ -195,6 +197,8 @@ pub struct Config {
     /// Continue conversations of clients that send no chat id by matching the history.
     pub history_matching: bool,
     pub cors: Cors,
+    /// `REASONING_MODE` and `CITATIONS`.
+    pub answer: AnswerOptions,
 }
 
 /// One configuration problem. Kept as data rather than a sentence so that saying where a
@@ -456,6 +460,31 @@ impl Config {
             }
         };
 
+        let reasoning = match get("REASONING_MODE").map(|v| v.trim().to_string()) {
+            None => ReasoningMode::Separate,
+            Some(v) if v.eq_ignore_ascii_case("separate") => ReasoningMode::Separate,
+            Some(v) if v.eq_ignore_ascii_case("inline") => ReasoningMode::Inline,
+            Some(v) => {
+                problems.push(Problem::new(
+                    "REASONING_MODE",
+                    format!("is {v:?}: use separate (thinking apart from the answer) or inline (left in the text)"),
+                ));
+                ReasoningMode::Separate
+            }
+        };
+        let citations = match get("CITATIONS").map(|v| v.trim().to_string()) {
+            None => Citations::Off,
+            Some(v) if v.eq_ignore_ascii_case("off") => Citations::Off,
+            Some(v) if v.eq_ignore_ascii_case("sources") => Citations::Sources,
+            Some(v) => {
+                problems.push(Problem::new(
+                    "CITATIONS",
+                    format!("is {v:?}: use off or sources (a list of the cited documents after the answer)"),
+                ));
+                Citations::Off
+            }
+        };
+
         match dify_api_base {
             Some(dify_api_base) if problems.is_empty() => Ok(Config {
                 dify_api_base,
@@ -476,6 +505,10 @@ impl Config {
                 chat_id_header,
                 history_matching,
                 cors,
+                answer: AnswerOptions {
+                    reasoning,
+                    citations,
+                },
             }),
             _ => Err(ConfigErrors(problems)),
         }
@@ -819,6 +852,31 @@ mod tests {
         let debug = format!("{c:?} {}", c.summary());
         assert!(!debug.contains(KEY) && !debug.contains("sk-one"), "{debug}");
         assert!(debug.contains("app-…3f9a"), "{debug}");
+    }
+
+    #[test]
+    fn reasoning_and_citation_settings() {
+        let c = config(&valid()).unwrap();
+        assert_eq!(c.answer, AnswerOptions::default());
+        assert_eq!(c.answer.reasoning, ReasoningMode::Separate);
+        assert_eq!(c.answer.citations, Citations::Off);
+        let mut vars = valid();
+        vars.extend([("REASONING_MODE", " Inline "), ("CITATIONS", "sources")]);
+        let c = config(&vars).unwrap();
+        assert_eq!(c.answer.reasoning, ReasoningMode::Inline);
+        assert_eq!(c.answer.citations, Citations::Sources);
+        let mut vars = valid();
+        vars.extend([("REASONING_MODE", "hidden"), ("CITATIONS", "footnotes")]);
+        let errs = config(&vars).unwrap_err().to_string();
+        assert!(errs.contains("2 problems"), "{errs}");
+        assert!(
+            errs.contains("REASONING_MODE is \"hidden\": use separate"),
+            "{errs}"
+        );
+        assert!(
+            errs.contains("CITATIONS is \"footnotes\": use off or sources"),
+            "{errs}"
+        );
     }
 
     #[test]

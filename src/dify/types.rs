@@ -59,22 +59,14 @@ pub enum Event {
     /// `event: ping` keep-alive (no data line).
     Ping,
     /// Answer text from chat, chatflow and completion apps (and agent apps' annotation replies).
-    Message {
-        answer: String,
-    },
+    Message { answer: String },
     /// The agent answer channel.
-    AgentMessage {
-        answer: String,
-    },
+    AgentMessage { answer: String },
     /// Workflow `text_chunk`.
-    TextChunk {
-        text: String,
-    },
+    TextChunk { text: String },
     /// `reasoning_chunk`: an LLM node's thinking, sent apart from the answer (chatflow and
     /// workflow LLM nodes with `reasoning_format: separated`).
-    ReasoningChunk {
-        text: String,
-    },
+    ReasoningChunk { text: String },
     /// A tool file; old builds also send text chunks as `message_file` with an `answer`.
     MessageFile {
         kind: Option<String>,
@@ -82,11 +74,20 @@ pub enum Event {
         answer: Option<String>,
     },
     /// Output moderation: the whole answer so far is replaced.
-    MessageReplace {
-        answer: String,
-    },
+    MessageReplace { answer: String },
     MessageEnd {
         usage: Option<Usage>,
+        /// The knowledge-base documents cited (`retriever_resources`), by name, in order.
+        sources: Vec<String>,
+    },
+    /// An agent's thought about using a tool, re-sent (same `id`) as it fills in.
+    AgentThought {
+        id: String,
+        /// Tool names, `;`-joined.
+        tool: String,
+        /// JSON text: per tool, its input.
+        tool_input: String,
+        observation: String,
     },
     WorkflowFinished {
         status: Option<String>,
@@ -107,9 +108,7 @@ pub enum Event {
         message: String,
     },
     /// Any other event (thoughts, node and workflow progress, tts, future events): no output.
-    Other {
-        name: String,
-    },
+    Other { name: String },
 }
 
 /// Why a data frame could not be read as an event.
@@ -148,6 +147,23 @@ struct Wire {
 struct Metadata {
     #[serde(default)]
     usage: Option<Usage>,
+    /// Any shape: citations must never make an answer unreadable.
+    #[serde(default)]
+    retriever_resources: Option<Value>,
+}
+
+/// The fields of an `agent_thought` frame we read (read apart from [`Wire`], so that a
+/// thought of an unexpected shape is skipped rather than failing the answer).
+#[derive(Deserialize)]
+struct ThoughtWire {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    tool: Option<String>,
+    #[serde(default)]
+    tool_input: Option<String>,
+    #[serde(default)]
+    observation: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -233,8 +249,23 @@ impl DifyEvent {
             "message_replace" => Event::MessageReplace {
                 answer: wire.answer.ok_or_else(|| missing("answer"))?,
             },
-            "message_end" => Event::MessageEnd {
-                usage: wire.metadata.and_then(|m| m.usage),
+            "message_end" => {
+                let (usage, resources) = wire
+                    .metadata
+                    .map_or((None, None), |m| (m.usage, m.retriever_resources));
+                Event::MessageEnd {
+                    usage,
+                    sources: source_names(resources),
+                }
+            }
+            "agent_thought" => match serde_json::from_str::<ThoughtWire>(data) {
+                Ok(t) => Event::AgentThought {
+                    id: t.id.unwrap_or_default(),
+                    tool: t.tool.unwrap_or_default(),
+                    tool_input: t.tool_input.unwrap_or_default(),
+                    observation: t.observation.unwrap_or_default(),
+                },
+                Err(_) => Event::Other { name: wire.event },
             },
             "workflow_finished" => match wire.data {
                 Some(d) => Event::WorkflowFinished {
@@ -268,6 +299,24 @@ impl DifyEvent {
             event,
         })
     }
+}
+
+/// The cited documents' names (`document_name`, else `title`), in Dify's order.
+fn source_names(resources: Option<Value>) -> Vec<String> {
+    let Some(Value::Array(items)) = resources else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| {
+            ["document_name", "title"]
+                .iter()
+                .filter_map(|field| item.get(*field).and_then(Value::as_str))
+                .map(str::trim)
+                .find(|name| !name.is_empty())
+                .map(str::to_string)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -342,7 +391,58 @@ mod tests {
                     prompt_tokens: 3,
                     completion_tokens: 4,
                     total_tokens: 7
-                })
+                }),
+                sources: vec![]
+            }
+        );
+    }
+
+    #[test]
+    fn message_end_names_its_cited_documents_whatever_their_shape() {
+        let e = DifyEvent::parse(
+            r#"{"event":"message_end","task_id":"t","metadata":{"retriever_resources":[{"position":1,"document_name":"france.md","score":0.8},{"document_name":null,"title":"Guide"},{"document_name":""},"odd",{"document_name":"france.md"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            e.event,
+            Event::MessageEnd {
+                usage: None,
+                sources: vec!["france.md".into(), "Guide".into(), "france.md".into()]
+            }
+        );
+        let e = DifyEvent::parse(
+            r#"{"event":"message_end","task_id":"t","metadata":{"retriever_resources":{"not":"a list"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            e.event,
+            Event::MessageEnd {
+                usage: None,
+                sources: vec![]
+            }
+        );
+    }
+
+    #[test]
+    fn agent_thought_is_read_and_an_odd_one_skipped() {
+        let e = DifyEvent::parse(
+            r#"{"event":"agent_thought","task_id":"t","id":"a","position":1,"thought":"","observation":"","tool":"current_time","tool_labels":{"current_time":{"en_US":"Current Time"}},"tool_input":"{\"current_time\": {}}","message_files":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            e.event,
+            Event::AgentThought {
+                id: "a".into(),
+                tool: "current_time".into(),
+                tool_input: r#"{"current_time": {}}"#.into(),
+                observation: String::new(),
+            }
+        );
+        let e = DifyEvent::parse(r#"{"event":"agent_thought","id":"a","tool":["x"]}"#).unwrap();
+        assert_eq!(
+            e.event,
+            Event::Other {
+                name: "agent_thought".into()
             }
         );
     }

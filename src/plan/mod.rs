@@ -167,8 +167,11 @@ pub fn to_turn(
         let text = content_text(m.content.as_ref(), i, m.role)?;
         if i == last_user {
             message = text;
-        } else if !text.trim().is_empty() {
-            history.push((m.role, text));
+        } else {
+            let text = history_text(m.role, text);
+            if !text.trim().is_empty() {
+                history.push((m.role, text));
+            }
         }
     }
     if message.trim().is_empty() {
@@ -182,6 +185,17 @@ pub fn to_turn(
         history,
         user: end_user(request, user_header),
     })
+}
+
+/// An earlier message as history. An assistant answer some clients return with its
+/// leading thinking block (`<think>…</think>`) counts without it: the thinking is not
+/// part of the conversation Dify holds, nor of the answer recorded for it.
+pub(crate) fn history_text(role: Role, text: String) -> String {
+    if role == Role::Assistant && text.trim_start().starts_with('<') {
+        crate::answer::think::answer_part(&text)
+    } else {
+        text
+    }
 }
 
 /// A message's text: a string, or the text parts of an array joined by newlines.

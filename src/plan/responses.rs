@@ -168,7 +168,7 @@ fn input_messages(input: Option<&Value>) -> Result<Vec<(Role, String)>, ApiError
             }
         };
         let text = content_text(item.get("content"), &param, role)?;
-        messages.push((role, text));
+        messages.push((role, super::history_text(role, text)));
     }
     Ok(messages)
 }

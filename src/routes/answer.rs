@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use crate::answer::think::answer_part;
 use crate::answer::{Accumulator, DifyDecoder, Flow, Piece};
 use crate::conversation::ConversationLink;
 use crate::dify::{DifyError, DifyEvent, RunningTask};
@@ -54,11 +55,14 @@ impl AnswerRun {
             return;
         }
         self.recorded = true;
+        // The answer as clients send it back: without the thinking, whether it went out
+        // apart or inline (Open WebUI strips an inline block itself), like the history.
+        let answer = answer_part(visible);
         self.link.on_answer(
             self.decoder.conversation_id(),
             &self.turn.history,
             &self.turn.message,
-            visible,
+            &answer,
         );
         self.link.finish_writes().await;
     }

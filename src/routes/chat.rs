@@ -104,7 +104,8 @@ pub async fn create(
     let keep_text = link.wants_answer_text();
     let run = AnswerRun {
         decoder: DifyDecoder::new(&request.model, state.dify().base().clone())
-            .for_app(mode, model.output_variable.as_deref()),
+            .for_app(mode, model.output_variable.as_deref())
+            .with_options(state.config().answer),
         task: RunningTask::new(state.dify().clone(), app_key.to_string(), turn.user.clone())
             .of_mode(mode),
         link,

@@ -16,5 +16,6 @@ mod hardening;
 mod linear;
 mod models;
 mod provider_errors;
+mod reasoning;
 mod responses;
 mod stream_ends;

@@ -44,6 +44,9 @@ use tokio::sync::{Notify, mpsc, watch};
 #[path = "fake_dify_apps.rs"]
 mod apps;
 pub use apps::{AppRequest, AppRun, AppStop, WorkflowSpec};
+#[path = "fake_dify_reasoning.rs"]
+mod reasoning;
+pub use reasoning::Script;
 
 /// Folder holding the Dify wire fixtures.
 pub const FIXTURE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dify/");
@@ -134,6 +137,8 @@ pub enum Scenario {
     },
     /// A generated chat-app answer; see [`AnswerSpec`].
     Answer(AnswerSpec),
+    /// Scripted chat-family frames (thinking, agent thoughts, citations); see [`Script`].
+    Scripted(Script),
     /// The n-th valid request for the key gets the n-th scenario; the last one
     /// repeats. For retry tests (e.g. first 429, then an answer).
     Sequence(Vec<Scenario>),
@@ -1003,6 +1008,7 @@ async fn run_scenario(st: &Arc<Shared>, req: Request, scenario: Scenario) -> Res
                 answer(w, g, guard, spec)
             })
         }
+        Scenario::Scripted(script) => reasoning::run(st, req, script),
         Scenario::Sequence(_) => error_response(
             500,
             "internal_server_error",

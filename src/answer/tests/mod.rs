@@ -3,6 +3,7 @@
 //! share in `responses`.
 
 mod apps;
+mod reasoning;
 mod responses;
 
 use super::*;

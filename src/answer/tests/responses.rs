@@ -111,9 +111,42 @@ fn assert_sequence(events: &[(String, Value)], terminal: &str) {
     }
 }
 
+const AGENT: &str = "agent-chat-stream.sse";
+
+#[test]
+fn agent_transcript_tells_its_tool_use_in_a_reasoning_item_first() {
+    let (events, _) = events(&stream(decode_all(&fixture(AGENT))));
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names[2..8],
+        [
+            "response.output_item.added",
+            "response.reasoning_summary_part.added",
+            "response.reasoning_summary_text.delta",
+            "response.reasoning_summary_text.done",
+            "response.reasoning_summary_part.done",
+            "response.output_item.done",
+        ]
+    );
+    let tool = "Using tool `current_time` with {\"timezone\":\"Europe/Paris\"}.\nResult: 2026-07-16 14:32:25\n";
+    assert_eq!(events[4].1["delta"], tool);
+    let done = &events.last().unwrap().1["response"];
+    assert_eq!(done["output"][0]["type"], "reasoning");
+    assert_eq!(done["output"][0]["summary"][0]["text"], tool);
+    assert_eq!(
+        done["output"][1]["content"][0]["text"],
+        "It is 14:32 in Paris right now."
+    );
+    assert_eq!(done["output"][1]["id"], "msg_test");
+}
+
 #[test]
 fn transcripts_stream_as_the_reference_event_sequence() {
     for &(name, answer, usage, _) in ANSWERS {
+        if name == AGENT {
+            // Its tool use comes first, as a reasoning item: see the test below.
+            continue;
+        }
         let (events, _) = events(&stream(decode_all(&fixture(name))));
         assert_sequence(&events, "response.completed");
         assert_eq!(deltas(&events), answer, "{name}");

@@ -6,6 +6,7 @@ edge cases, and a handful of OpenAI chat requests. Input layouts (see src/checks
   request     raw request body
   sse_frames  [n % 16][n read lengths][SSE bytes]
   translate   [flags: bit 0 = include_usage][SSE bytes]
+  think       [n % 16][n piece lengths][answer text]
 File names are content hashes, as libFuzzer names its own, so re-running adds nothing twice.
 Afterwards minimise with `cargo fuzz cmin --fuzz-dir tests/fuzz --sanitizer none <target>`.
 """
@@ -99,6 +100,19 @@ def main():
     for raw in [b'["m",[{"role":"user","content":"x"}]]', b'{"model":"x","messages":[]} trailing',
                 b'{"model": "x", ', b"  ", b'{"model":"m","messages":[{"role":"user","content":"\\ud83d\\udc4b \xc3\xa9"}]}']:
         put("request", raw)
+    thinking = [
+        "<think>\nThe user greets me.\n</think>\n\nHello! How can I help?",
+        "  \n<thinking>plan</thinking>Hi — été 👋",
+        "<THINK>Überlegung</THINK>\r\n\r\nAntwort",
+        "<think/>\nAnswer", "<think />Answer", "<think>\n\n</think>\n\nAnswer",
+        "<details style=\"color:gray;background-color: #f8f8f8;padding: 8px;border-radius: 4px;\" open> <summary> Thinking... </summary>Count.\n</details>\n\nIt is 4.",
+        "<details><summary>Spoiler</summary>x</details> rest",
+        "The tag <think> is shown.</think>", "<think>a</think><think>b</think>c",
+        "<think>unclosed </thi", "<thin", "<", "", "   ", "<think>abc</thinking>",
+    ]
+    for t in thinking:
+        for schedule in [b"\x00", b"\x03\x01\x02\x03", b"\x05\x07\x01\x0b\x02\x04"]:
+            put("think", schedule + t.encode())
 
 
 if __name__ == "__main__":

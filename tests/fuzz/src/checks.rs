@@ -553,3 +553,82 @@ pub fn translate(data: &[u8]) {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// think: answer text cut into arbitrary pieces → the inline-thinking splitter
+// ---------------------------------------------------------------------------------------
+
+/// Reasoning and answer text of `pieces` fed in order; no piece is empty.
+fn split_thinking(pieces: &[&str]) -> (String, String) {
+    use opendify::answer::think::ThinkSplitter;
+    let mut splitter = ThinkSplitter::new();
+    let mut out = Vec::new();
+    for piece in pieces {
+        splitter.push(piece.to_string(), &mut out);
+    }
+    splitter.finish(&mut out);
+    let (mut reasoning, mut answer) = (String::new(), String::new());
+    for piece in out {
+        match piece {
+            Piece::Reasoning(t) if !t.is_empty() => reasoning.push_str(&t),
+            Piece::Text(t) if !t.is_empty() => answer.push_str(&t),
+            other => panic!("the splitter gave {other:?}"),
+        }
+    }
+    (reasoning, answer)
+}
+
+/// `[n % 16][n piece lengths][text]` (text as UTF-8, invalid bytes replaced; cuts moved
+/// to the next character boundary): every cut gives what the whole text gives, and that
+/// is the text with nothing lost or doubled: the answer is the text's end, the reasoning
+/// what lies before it between an opening tag (after leading whitespace) and a closing
+/// tag, and only tags and the newlines after them are dropped.
+pub fn think(data: &[u8]) {
+    let (lengths, text) = split_schedule(data);
+    let text = String::from_utf8_lossy(text);
+    let mut pieces = Vec::new();
+    let mut at = 0;
+    for len in lengths {
+        let mut end = (at + len).min(text.len());
+        while !text.is_char_boundary(end) {
+            end += 1;
+        }
+        pieces.push(&text[at..end]);
+        at = end;
+    }
+    pieces.push(&text[at..]);
+    let whole = split_thinking(&[&text]);
+    assert_eq!(
+        split_thinking(&pieces),
+        whole,
+        "cut into {pieces:?} the text splits differently"
+    );
+    let (reasoning, answer) = whole;
+    assert!(text.ends_with(&answer), "the answer is not the text's end");
+    if answer.len() == text.len() {
+        assert!(reasoning.is_empty(), "reasoning from a plain answer");
+        return;
+    }
+    // What precedes the answer: an opening, the reasoning, then a closing tag and
+    // newlines; or, for an empty tag or a block that never closed, nothing after it.
+    let head = &text[..text.len() - answer.len()];
+    let trimmed = head.trim_end_matches(['\r', '\n']);
+    let closed = ["</think>", "</thinking>", "</details>"]
+        .iter()
+        .filter(|tag| {
+            trimmed.len() >= tag.len()
+                && trimmed.as_bytes()[trimmed.len() - tag.len()..].eq_ignore_ascii_case(tag.as_bytes())
+        })
+        .map(|tag| &trimmed[..trimmed.len() - tag.len()]);
+    let unclosed = (reasoning.is_empty() || answer.is_empty()).then_some(head);
+    let fits = closed.chain(unclosed).any(|body| {
+        body.strip_suffix(reasoning.as_str()).is_some_and(|open| {
+            let open = open.trim_start().trim_end_matches(['\r', '\n']);
+            open.starts_with('<') && open.ends_with('>') && open.len() <= 2048
+        })
+    });
+    assert!(
+        fits,
+        "{head:?} is not an opening, the reasoning {reasoning:?} and a closing"
+    );
+}

@@ -4,4 +4,4 @@
 
 mod checks;
 
-pub use checks::{request, sse_frames, translate};
+pub use checks::{request, sse_frames, think, translate};
