@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::dify::DifyClient;
 use crate::dify::client::StreamLimits;
+use crate::dify::parameters::ParametersCache;
 use crate::store::ConversationStore;
 
 #[derive(Clone)]
@@ -18,6 +19,8 @@ struct Inner {
     store: Arc<dyn ConversationStore>,
     /// Reported as every model's `created`: the time this instance loaded its config.
     started_at: i64,
+    /// Each app's `/parameters` (input form, file upload), fetched when first needed.
+    parameters: ParametersCache,
 }
 
 impl AppState {
@@ -34,6 +37,7 @@ impl AppState {
                 dify,
                 store,
                 started_at: crate::unix_now(),
+                parameters: ParametersCache::default(),
             }),
         })
     }
@@ -48,6 +52,10 @@ impl AppState {
 
     pub fn dify(&self) -> &DifyClient {
         &self.inner.dify
+    }
+
+    pub fn parameters(&self) -> &ParametersCache {
+        &self.inner.parameters
     }
 
     pub fn started_at(&self) -> i64 {

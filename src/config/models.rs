@@ -17,6 +17,11 @@ const VAR: &str = "MODEL_CONFIG";
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
     pub app_key: Secret,
+    /// The app's input variables sent with every request, unless the request sets them.
+    pub inputs: serde_json::Map<String, serde_json::Value>,
+    /// The input variables a request may set (`inputs`, `metadata.inputs`); none by
+    /// default, since an input can change what the app does.
+    pub request_inputs: Vec<String>,
 }
 
 /// The object form of an entry. A new setting is one more field here; give it
@@ -26,6 +31,12 @@ pub struct ModelConfig {
 struct EntryObject {
     /// The Dify app key, `app-...`.
     key: String,
+    /// Default values of the app's input variables (an object).
+    #[serde(default)]
+    inputs: serde_json::Map<String, serde_json::Value>,
+    /// Input variables a request may set.
+    #[serde(default)]
+    request_inputs: Vec<String>,
 }
 
 /// One entry, in either form.
@@ -170,7 +181,16 @@ fn model(name: &str, entry: serde_json::Value) -> Result<ModelConfig, String> {
             app_key.masked()
         ));
     }
-    Ok(ModelConfig { app_key })
+    if let Some(blank) = entry.request_inputs.iter().find(|v| v.trim().is_empty()) {
+        return Err(format!(
+            "model {name:?} at `request_inputs`: {blank:?} is not a variable name"
+        ));
+    }
+    Ok(ModelConfig {
+        app_key,
+        inputs: entry.inputs,
+        request_inputs: entry.request_inputs,
+    })
 }
 
 fn looks_like_app_key(key: &str) -> bool {
@@ -233,7 +253,7 @@ mod tests {
                 "has a model with an empty name",
                 "model \"badkey\" at `key`: invalid type: integer `7`, expected a string",
                 "model \"bool\": the app key must be a string, but it is a boolean",
-                "model \"extra\" at `kye`: unknown field `kye`, expected `key`",
+                "model \"extra\" at `kye`: unknown field `kye`, expected one of `key`, `inputs`, `request_inputs`",
                 "model \"list\": the app key must be a string, but it is an array",
                 "model \"nokey\": missing field `key`",
                 "model \"null\": the app key must be a string, but it is null",
@@ -241,6 +261,37 @@ mod tests {
             ]
         );
         assert!(!found.concat().contains("secret"), "{found:?}");
+    }
+
+    #[test]
+    fn inputs_and_request_inputs_parse_and_are_checked() {
+        let mut found = Vec::new();
+        let models = parse(
+            r#"{"a": {"key": "app-aaaaaaaaaaaaaaaa1111", "inputs": {"language": "en", "n": 3}, "request_inputs": ["topic"]},
+                "b": "app-bbbbbbbbbbbbbbbb2222"}"#,
+            &mut found,
+        );
+        assert!(found.is_empty(), "{found:?}");
+        assert_eq!(models["a"].inputs["language"], "en");
+        assert_eq!(models["a"].inputs["n"], 3);
+        assert_eq!(models["a"].request_inputs, ["topic"]);
+        assert!(models["b"].inputs.is_empty() && models["b"].request_inputs.is_empty());
+
+        let found = problems(
+            r#"{"list": {"key": "app-okokokokokok0000", "inputs": ["en"]},
+                "names": {"key": "app-okokokokokok0000", "request_inputs": "topic"},
+                "blank": {"key": "app-okokokokokok0000", "request_inputs": [" "]},
+                "typo": {"key": "app-okokokokokok0000", "input": {}}}"#,
+        );
+        assert_eq!(
+            found,
+            [
+                "model \"blank\" at `request_inputs`: \" \" is not a variable name",
+                "model \"list\" at `inputs`: invalid type: sequence, expected a map",
+                "model \"names\" at `request_inputs`: invalid type: string \"topic\", expected a sequence",
+                "model \"typo\" at `input`: unknown field `input`, expected one of `key`, `inputs`, `request_inputs`",
+            ]
+        );
     }
 
     #[test]

@@ -2,8 +2,12 @@
 //! and the `/chat-messages` body they become. Pure. Chat completions here; the Responses
 //! API's input in `responses`.
 
+/// The app's `inputs`: configured defaults, the request's own, the required ones.
+pub mod inputs;
 /// A Responses API request's `input` and `instructions` → a [`Turn`].
 pub mod responses;
+/// Parameters a Dify app cannot honour, refused when the client forces them.
+pub mod unsupported;
 
 use serde_json::{Map, Value};
 
@@ -23,6 +27,8 @@ pub struct Turn {
     pub history: Vec<(Role, String)>,
     /// Dify `user`.
     pub user: String,
+    /// The app's input variables (`inputs::merge`): defaults and what the request set.
+    pub inputs: Map<String, Value>,
 }
 
 impl Turn {
@@ -79,7 +85,7 @@ impl Turn {
                 Some(_) => self.message.clone(),
                 None => self.folded_query(),
             },
-            inputs: Map::new(),
+            inputs: self.inputs.clone(),
             response_mode: "streaming",
             user: self.user.clone(),
             conversation_id: continued,
@@ -164,6 +170,7 @@ pub fn to_turn(
         message,
         history,
         user: end_user(request, user_header),
+        inputs: Map::new(),
     })
 }
 
