@@ -6,6 +6,7 @@ use crate::apps::{Apps, ColdStart};
 use crate::config::Config;
 use crate::dify::DifyClient;
 use crate::dify::client::StreamLimits;
+use crate::dify::parameters::ParametersCache;
 use crate::store::ConversationStore;
 
 #[derive(Clone)]
@@ -20,6 +21,8 @@ struct Inner {
     apps: Apps,
     /// Reported as every model's `created`: the time this instance loaded its config.
     started_at: i64,
+    /// Each app's `/parameters` (input form, file upload), fetched when first needed.
+    parameters: ParametersCache,
 }
 
 impl AppState {
@@ -37,6 +40,7 @@ impl AppState {
                 store,
                 apps: Apps::new(),
                 started_at: crate::unix_now(),
+                parameters: ParametersCache::default(),
             }),
         })
     }
@@ -74,6 +78,10 @@ impl AppState {
             "Dify apps described"
         );
         report
+    }
+
+    pub fn parameters(&self) -> &ParametersCache {
+        &self.inner.parameters
     }
 
     pub fn started_at(&self) -> i64 {

@@ -261,7 +261,7 @@ async fn body_validation_looks_like_dify() {
 #[tokio::test]
 async fn unknown_paths_and_methods() {
     let fake = FakeDify::start().await;
-    let resp = reqwest::get(format!("{}/parameters", fake.base_url()))
+    let resp = reqwest::get(format!("{}/meta", fake.base_url()))
         .await
         .unwrap();
     let (status, body) = error_of(resp).await;
@@ -542,4 +542,44 @@ async fn hang_never_answers() {
         (KEY, EndReason::ClientGone)
     );
     assert!(ends[0].held >= Duration::from_millis(250), "{ends:?}");
+}
+
+#[tokio::test]
+async fn parameters_serve_the_input_form_and_chat_messages_enforce_it() {
+    let fake = FakeDify::start().await;
+    let resp = reqwest::get(format!("{}/parameters", fake.base_url()))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401, "a key is needed, as in Dify");
+
+    fake.set(KEY, Scenario::answer("ok"));
+    let form = json!([{"text-input": {"variable": "topic", "label": "Topic", "required": true}}]);
+    fake.set_input_form(KEY, form.clone());
+    let resp = reqwest::Client::new()
+        .get(format!("{}/parameters", fake.base_url()))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["user_input_form"], form);
+    assert_eq!(v["file_upload"]["image"]["enabled"], false);
+    assert_eq!(fake.parameters_calls(KEY), 1);
+
+    let resp = reqwest::Client::new()
+        .post(format!("{}/chat-messages", fake.base_url()))
+        .bearer_auth(KEY)
+        .json(&chat(USER, "hi", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_of(resp).await,
+        (
+            400,
+            "{\"code\": \"invalid_param\", \"message\": \"topic is required in input form\", \"status\": 400}\n"
+                .to_string()
+        )
+    );
 }

@@ -47,6 +47,8 @@ const KEY_FLAKY: &str = "app-sdkflaky0000000000000001";
 const KEY_ENDLESS: &str = "app-sdkendless00000000000001";
 /// A Dify 429 `rate_limit_error` (workspace quota exhausted).
 const KEY_QUOTA: &str = "app-sdkquota0000000000000001";
+/// An app whose input form requires `topic` (see `set_scenarios`).
+const KEY_INPUTS: &str = "app-sdkinputs000000000000001";
 const ENDLESS_TASK: &str = "6f1d2c3b-4a5e-4f60-8b7a-9c8d7e6f5a41";
 const ENDLESS_TOKEN: &str = "tick ";
 
@@ -74,11 +76,12 @@ fn model_config() -> String {
         "flaky-app": KEY_FLAKY,
         "endless-app": KEY_ENDLESS,
         "quota-app": KEY_QUOTA,
+        "inputs-app": {"key": KEY_INPUTS, "inputs": {"language": "en"}, "request_inputs": ["topic"]},
     })
     .to_string()
 }
 
-const ALL_MODELS: [&str; 7] = [
+const ALL_MODELS: [&str; 8] = [
     MODEL,
     "memory-app",
     "busy-app",
@@ -86,6 +89,7 @@ const ALL_MODELS: [&str; 7] = [
     "flaky-app",
     "endless-app",
     "quota-app",
+    "inputs-app",
 ];
 
 // ---------------------------------------------------------------------------
@@ -284,6 +288,11 @@ fn set_scenarios(dify: &FakeDify) {
         Scenario::endless(ENDLESS_TOKEN, Duration::from_millis(50), ENDLESS_TASK),
     );
     dify.set(KEY_QUOTA, Scenario::fixture_error("rate_limit_error"));
+    dify.set(KEY_INPUTS, Scenario::answer("About tides."));
+    dify.set_input_form(
+        KEY_INPUTS,
+        serde_json::json!([{"text-input": {"variable": "topic", "label": "Topic", "required": true}}]),
+    );
 }
 
 fn requests_for(dify: &FakeDify, key: &str) -> Vec<Recorded> {
@@ -341,6 +350,56 @@ async fn exercise(sdk: Sdk) {
     check_midstream_error(&report, &dify);
     check_cancel(&report, &dify, stop);
     check_retries(&report, &dify);
+    if let Sdk::Python = sdk {
+        check_structured_output_refused(&report, &dify);
+        check_required_input(&report, &dify);
+    }
+}
+
+/// `chat.completions.parse(response_format=Model)`: a BadRequestError naming the
+/// parameter, and Dify is not called.
+fn check_structured_output_refused(r: &Report, dify: &FakeDify) {
+    let e = r.raised("structured_output_refused");
+    assert_eq!(e["class"], "BadRequestError", "{e:#}");
+    assert_eq!(e["status"], 400, "{e:#}");
+    assert_eq!(e["param"], "response_format", "{e:#}");
+    assert!(
+        e["message"].as_str().unwrap().contains("json_schema"),
+        "{e:#}"
+    );
+    let reached: Vec<Recorded> = dify
+        .requests()
+        .into_iter()
+        .filter(|q| q.query().unwrap_or_default().contains("py structured"))
+        .collect();
+    assert!(reached.is_empty(), "reached Dify: {:#?}", summary(&reached));
+}
+
+/// A required input: refused by the proxy (naming it) without it, answered with it, and
+/// Dify receives it along with the model's default inputs.
+fn check_required_input(r: &Report, dify: &FakeDify) {
+    let v = r.ok("required_input_via_extra_body");
+    let e = &v["missing"]["raised"];
+    assert_eq!(e["class"], "BadRequestError", "{v:#}");
+    assert_eq!(e["param"], "inputs", "{v:#}");
+    assert!(
+        e["message"].as_str().unwrap().contains("`topic` (Topic)"),
+        "{v:#}"
+    );
+    assert_eq!(v["content"], "About tides.", "{v:#}");
+    let seen = requests_for(dify, KEY_INPUTS);
+    assert_eq!(
+        seen.len(),
+        1,
+        "only the request with the input reached Dify: {:#?}",
+        summary(&seen)
+    );
+    assert_eq!(
+        seen[0].body["inputs"],
+        serde_json::json!({"language": "en", "topic": "tides"}),
+        "{:#?}",
+        summary(&seen)
+    );
 }
 
 fn check_models(r: &Report) {

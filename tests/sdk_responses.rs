@@ -849,7 +849,7 @@ fn check_tools_refused(r: &Report, dify: &FakeDify) {
     let e = r.raised("tools_refused");
     assert_eq!(e["class"], "BadRequestError", "{e:#}");
     assert_eq!(e["status"], 400, "{e:#}");
-    assert_eq!(e["param"], "tools", "{e:#}");
+    assert_eq!(e["param"], "tool_choice", "{e:#}");
     let reached = mentioning(dify, "tools: what is the weather");
     assert!(reached.is_empty(), "reached Dify: {:#?}", summary(&reached));
 }

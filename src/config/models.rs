@@ -20,18 +20,16 @@ pub struct ModelConfig {
     pub app_key: Secret,
     /// The app's kind, when `MODEL_CONFIG` states it (then Dify is not asked).
     pub mode: Option<AppMode>,
-    /// Completion and workflow apps: the input variable that takes the user's text.
+    /// Completion and workflow apps: the input variable that takes the user's text
+    /// (default: see `plan::inputs::query_variable`).
     pub query_variable: Option<String>,
     /// Workflow apps: the output variable that is the answer when no text streamed.
     pub output_variable: Option<String>,
-}
-
-impl ModelConfig {
-    /// The input variable a completion or workflow app takes the user's text in. The one
-    /// place its default is decided.
-    pub fn query_variable(&self) -> &str {
-        self.query_variable.as_deref().unwrap_or("query")
-    }
+    /// The app's input variables sent with every request, unless the request sets them.
+    pub inputs: serde_json::Map<String, serde_json::Value>,
+    /// The input variables a request may set (`inputs`, `metadata.inputs`); none by
+    /// default, since an input can change what the app does.
+    pub request_inputs: Vec<String>,
 }
 
 /// The object form of an entry. A new setting is one more field here; give it
@@ -48,6 +46,12 @@ struct EntryObject {
     query_variable: Option<String>,
     #[serde(default)]
     output_variable: Option<String>,
+    /// Default values of the app's input variables (an object).
+    #[serde(default)]
+    inputs: serde_json::Map<String, serde_json::Value>,
+    /// Input variables a request may set.
+    #[serde(default)]
+    request_inputs: Vec<String>,
 }
 
 /// One entry, in either form.
@@ -207,11 +211,18 @@ fn model(name: &str, entry: serde_json::Value) -> Result<ModelConfig, String> {
         )),
         v => Ok(v.map(|v| v.trim().to_string())),
     };
+    if let Some(blank) = entry.request_inputs.iter().find(|v| v.trim().is_empty()) {
+        return Err(format!(
+            "model {name:?} at `request_inputs`: {blank:?} is not a variable name"
+        ));
+    }
     Ok(ModelConfig {
         app_key,
         mode,
         query_variable: variable("query_variable", entry.query_variable)?,
         output_variable: variable("output_variable", entry.output_variable)?,
+        inputs: entry.inputs,
+        request_inputs: entry.request_inputs,
     })
 }
 
@@ -275,7 +286,7 @@ mod tests {
                 "has a model with an empty name",
                 "model \"badkey\" at `key`: invalid type: integer `7`, expected a string",
                 "model \"bool\": the app key must be a string, but it is a boolean",
-                "model \"extra\" at `kye`: unknown field `kye`, expected one of `key`, `mode`, `query_variable`, `output_variable`",
+                "model \"extra\" at `kye`: unknown field `kye`, expected one of `key`, `mode`, `query_variable`, `output_variable`, `inputs`, `request_inputs`",
                 "model \"list\": the app key must be a string, but it is an array",
                 "model \"nokey\": missing field `key`",
                 "model \"null\": the app key must be a string, but it is null",
@@ -296,11 +307,11 @@ mod tests {
         );
         assert!(found.is_empty(), "{found:?}");
         assert_eq!(models["w"].mode, Some(AppMode::Workflow));
-        assert_eq!(models["w"].query_variable(), "article");
+        assert_eq!(models["w"].query_variable.as_deref(), Some("article"));
         assert_eq!(models["w"].output_variable.as_deref(), Some("summary"));
         assert_eq!(models["c"].mode, Some(AppMode::Chat));
         assert_eq!(models["plain"].mode, None);
-        assert_eq!(models["plain"].query_variable(), "query");
+        assert_eq!(models["plain"].query_variable, None);
         assert_eq!(
             problems(
                 r#"{"x": {"key": "app-xxxxxxxxxxxxxxxx0001", "mode": "chatbot"}, "y": {"key": "app-yyyyyyyyyyyyyyyy0002", "query_variable": " "}}"#
@@ -308,6 +319,37 @@ mod tests {
             [
                 "model \"x\" at `mode`: \"chatbot\" is not a Dify app mode; use one of chat, agent-chat, advanced-chat, agent, completion, workflow, or leave it out so the proxy asks Dify",
                 "model \"y\" at `query_variable`: the variable name is empty; leave it out for the default",
+            ]
+        );
+    }
+
+    #[test]
+    fn inputs_and_request_inputs_parse_and_are_checked() {
+        let mut found = Vec::new();
+        let models = parse(
+            r#"{"a": {"key": "app-aaaaaaaaaaaaaaaa1111", "inputs": {"language": "en", "n": 3}, "request_inputs": ["topic"]},
+                "b": "app-bbbbbbbbbbbbbbbb2222"}"#,
+            &mut found,
+        );
+        assert!(found.is_empty(), "{found:?}");
+        assert_eq!(models["a"].inputs["language"], "en");
+        assert_eq!(models["a"].inputs["n"], 3);
+        assert_eq!(models["a"].request_inputs, ["topic"]);
+        assert!(models["b"].inputs.is_empty() && models["b"].request_inputs.is_empty());
+
+        let found = problems(
+            r#"{"list": {"key": "app-okokokokokok0000", "inputs": ["en"]},
+                "names": {"key": "app-okokokokokok0000", "request_inputs": "topic"},
+                "blank": {"key": "app-okokokokokok0000", "request_inputs": [" "]},
+                "typo": {"key": "app-okokokokokok0000", "input": {}}}"#,
+        );
+        assert_eq!(
+            found,
+            [
+                "model \"blank\" at `request_inputs`: \" \" is not a variable name",
+                "model \"list\" at `inputs`: invalid type: sequence, expected a map",
+                "model \"names\" at `request_inputs`: invalid type: string \"topic\", expected a sequence",
+                "model \"typo\" at `input`: unknown field `input`, expected one of `key`, `mode`, `query_variable`, `output_variable`, `inputs`, `request_inputs`",
             ]
         );
     }

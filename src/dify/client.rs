@@ -32,9 +32,9 @@ pub struct StreamLimits {
 
 #[derive(Clone)]
 pub struct DifyClient {
-    http: reqwest::Client,
+    pub(super) http: reqwest::Client,
     base: Url,
-    timeout: Duration,
+    pub(super) timeout: Duration,
     limits: StreamLimits,
 }
 
@@ -195,13 +195,13 @@ impl DifyClient {
         }
     }
 
-    fn url(&self, path: &str) -> Result<Url, DifyError> {
+    pub(super) fn url(&self, path: &str) -> Result<Url, DifyError> {
         self.base
             .join(path)
             .map_err(|e| DifyError::Unreachable(format!("bad Dify URL for {path}: {e}")))
     }
 
-    async fn http_error(&self, response: reqwest::Response) -> DifyError {
+    pub(super) async fn http_error(&self, response: reqwest::Response) -> DifyError {
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -228,7 +228,7 @@ impl DifyClient {
     }
 }
 
-async fn read_limited(response: reqwest::Response, limit: usize) -> Vec<u8> {
+pub(super) async fn read_limited(response: reqwest::Response, limit: usize) -> Vec<u8> {
     let mut body = Vec::new();
     let mut stream = response.bytes_stream();
     while let Some(Ok(chunk)) = stream.next().await {

@@ -2,6 +2,8 @@
 
 pub mod client;
 pub mod error;
+/// `GET /parameters`: an app's input form and file-upload settings.
+pub mod parameters;
 pub mod sse;
 pub mod task;
 pub mod types;

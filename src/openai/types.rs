@@ -22,6 +22,25 @@ pub struct ChatCompletionRequest {
     pub metadata: Option<Value>,
     #[serde(default)]
     pub n: Option<u32>,
+    /// Dify app inputs (variables), sent with `extra_body={"inputs": {...}}`.
+    #[serde(default)]
+    pub inputs: Option<Value>,
+    /// What a Dify app cannot honour when forced (`plan::unsupported`); loosely typed, only
+    /// looked at.
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
+    #[serde(default)]
+    pub function_call: Option<Value>,
+    #[serde(default)]
+    pub response_format: Option<Value>,
+    #[serde(default)]
+    pub logprobs: Option<Value>,
+    #[serde(default)]
+    pub top_logprobs: Option<Value>,
+    #[serde(default)]
+    pub modalities: Option<Value>,
+    #[serde(default)]
+    pub audio: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -2,8 +2,12 @@
 //! and the `/chat-messages` body they become. Pure. Chat completions here; the Responses
 //! API's input in `responses`.
 
+/// The app's `inputs`: configured defaults, the request's own, the required ones.
+pub mod inputs;
 /// A Responses API request's `input` and `instructions` → a [`Turn`].
 pub mod responses;
+/// Parameters a Dify app cannot honour, refused when the client forces them.
+pub mod unsupported;
 
 use serde_json::{Map, Value};
 
@@ -23,6 +27,8 @@ pub struct Turn {
     pub history: Vec<(Role, String)>,
     /// Dify `user`.
     pub user: String,
+    /// The app's input variables (`inputs::merge`): defaults and what the request set.
+    pub inputs: Map<String, Value>,
 }
 
 impl Turn {
@@ -79,7 +85,7 @@ impl Turn {
                 Some(_) => self.message.clone(),
                 None => self.folded_query(),
             },
-            inputs: Map::new(),
+            inputs: self.inputs.clone(),
             response_mode: "streaming",
             user: self.user.clone(),
             conversation_id: continued,
@@ -89,10 +95,10 @@ impl Turn {
 }
 
 impl Turn {
-    /// The body for a completion or workflow app: the folded query (they keep no
-    /// conversation) in the input variable `query_variable`.
+    /// The body for a completion or workflow app: the turn's inputs, and the folded query
+    /// (they keep no conversation) in the input variable `query_variable`.
     pub fn run_request(&self, query_variable: &str) -> RunRequest {
-        let mut inputs = Map::new();
+        let mut inputs = self.inputs.clone();
         inputs.insert(
             query_variable.to_string(),
             Value::String(self.folded_query()),
@@ -184,6 +190,7 @@ pub fn to_turn(
         message,
         history,
         user: end_user(request, user_header),
+        inputs: Map::new(),
     })
 }
 

@@ -10,12 +10,7 @@ use crate::openai::responses::ResponsesRequest;
 
 /// Refuses what a Dify app cannot do, before anything is sent.
 pub fn check_supported(request: &ResponsesRequest) -> Result<(), ApiError> {
-    if request.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(ApiError::bad_request(
-            "`tools` is not supported: a Dify app cannot call the client's tools (give the Dify app its tools instead). Send no tools.",
-            Some("tools".into()),
-        ));
-    }
+    // `tools` the client does not force are ignored: `plan::unsupported` decides.
     if request.background == Some(true) {
         return Err(ApiError::bad_request(
             "`background` is not supported: send the request without it (stream it for long answers).",
@@ -80,6 +75,7 @@ pub fn to_turn(
                 message: messages.remove(last_user).1,
                 history: messages,
                 user: String::new(),
+                inputs: Default::default(),
             }
             .folded_query()
         };
@@ -87,6 +83,7 @@ pub fn to_turn(
             message,
             history: Vec::new(),
             user,
+            inputs: Default::default(),
         });
     }
     let message = messages.remove(last_user).1;
@@ -103,6 +100,7 @@ pub fn to_turn(
         message,
         history,
         user,
+        inputs: Default::default(),
     })
 }
 
@@ -326,10 +324,6 @@ mod tests {
     #[test]
     fn what_dify_cannot_do_is_refused_by_name() {
         let cases = [
-            (
-                json!({"model":"m","input":"x","tools":[{"type":"function","name":"f"}]}),
-                "tools",
-            ),
             (
                 json!({"model":"m","input":"x","background":true}),
                 "background",

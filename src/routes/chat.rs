@@ -10,6 +10,7 @@ use axum::response::Response;
 use super::answer::AnswerRun;
 use super::blocking::complete_answer;
 use super::extract::OpenAiJson;
+use super::inputs;
 use super::models::visible_models;
 use super::stream::stream_answer;
 use crate::answer::DifyDecoder;
@@ -20,7 +21,7 @@ use crate::dify::{DifyError, EventStream, RunningTask};
 use crate::error::ApiError;
 use crate::openai::ChatCompletionRequest;
 use crate::openai::chat::{ChunkEncoder, ChunkMeta, completion};
-use crate::plan::{Turn, to_turn};
+use crate::plan::{self, Turn, to_turn, unsupported};
 use crate::state::AppState;
 
 /// Open WebUI's forwarded user header (sent with ENABLE_FORWARD_USER_INFO_HEADERS=true).
@@ -36,6 +37,7 @@ pub async fn create(
     let started = Instant::now();
     let config = state.config();
     let model = allowed_model(&state, &access, &request.model)?;
+    unsupported::check_chat(&request)?;
     if request.messages.len() > config.max_messages {
         return Err(ApiError::bad_request(
             format!(
@@ -49,6 +51,13 @@ pub async fn create(
     let user_header = headers.get(USER_HEADER).and_then(|v| v.to_str().ok());
     let mut turn = to_turn(&request, user_header)?;
     turn.user = tenant.dify_user(std::mem::take(&mut turn.user));
+    turn.inputs = plan::inputs::merge(
+        &request.model,
+        &model.inputs,
+        &model.request_inputs,
+        request.inputs.as_ref(),
+        request.metadata.as_ref().and_then(|m| m.get("inputs")),
+    )?;
     let mode = app_mode(&state, &request.model, model).await?;
 
     let chat_id = chat_id(&headers, &state, metadata_str(&request, "chat_id"));
@@ -75,6 +84,9 @@ pub async fn create(
         &turn.history,
     );
     let continued = link.lookup().await;
+    if continued.is_none() {
+        inputs::check_required(&state, model, mode, &request.model, &turn.inputs).await?;
+    }
 
     let app_key = model.app_key.expose();
     let upstream = start_answer(
@@ -207,7 +219,8 @@ pub(super) async fn start_answer(
 ) -> Result<EventStream, ApiError> {
     let app_key = app.app_key.expose();
     if !mode.has_conversations() {
-        let request = turn.run_request(app.query_variable());
+        let text = super::inputs::query_variable(state, app, model).await;
+        let request = turn.run_request(&text);
         let result = state.dify().run_stream(app_key, mode, &request).await;
         return result.map_err(|error| refused(model, error));
     }

@@ -12,6 +12,8 @@ mod chat;
 mod error;
 /// The JSON body extractor with OpenAI-shaped rejections.
 mod extract;
+/// The required-input check before a new conversation.
+mod inputs;
 /// `GET /v1/models`.
 mod models;
 /// `POST /v1/responses`: the orchestration.

@@ -13,6 +13,7 @@ use super::answer::AnswerRun;
 use super::blocking::complete_answer;
 use super::chat::{Gone, USER_HEADER, allowed_model, app_mode, chat_id, start_answer};
 use super::extract::OpenAiJson;
+use super::inputs;
 use super::stream::stream_answer;
 use crate::answer::DifyDecoder;
 use crate::config::{ModelAccess, Tenant};
@@ -22,6 +23,7 @@ use crate::dify::RunningTask;
 use crate::error::ApiError;
 use crate::openai::responses::{ResponseEncoder, ResponseMeta, ResponsesRequest, response_object};
 use crate::plan::responses::{check_supported, to_turn};
+use crate::plan::unsupported;
 use crate::state::AppState;
 
 pub async fn create(
@@ -35,6 +37,7 @@ pub async fn create(
     let config = state.config();
     let model = allowed_model(&state, &access, &request.model)?;
     check_supported(&request)?;
+    unsupported::check_responses(&request)?;
     if let Some(Value::Array(items)) = &request.input
         && items.len() > config.max_messages
     {
@@ -55,6 +58,13 @@ pub async fn create(
     let user_header = headers.get(USER_HEADER).and_then(|v| v.to_str().ok());
     let mut turn = to_turn(&request, user_header, previous.is_some())?;
     turn.user = tenant.dify_user(std::mem::take(&mut turn.user));
+    turn.inputs = crate::plan::inputs::merge(
+        &request.model,
+        &model.inputs,
+        &model.request_inputs,
+        request.inputs.as_ref(),
+        request.metadata.as_ref().and_then(|m| m.get("inputs")),
+    )?;
     let mode = app_mode(&state, &request.model, model).await?;
     if previous.is_some() && !mode.has_conversations() {
         return Err(ApiError::bad_request(
@@ -114,6 +124,9 @@ pub async fn create(
         },
         None => link.lookup().await,
     };
+    if continued.is_none() {
+        inputs::check_required(&state, model, mode, &request.model, &turn.inputs).await?;
+    }
 
     // Random, never derived from Dify's ids: holding one is the only way to continue it.
     let id = format!("resp_{}", uuid::Uuid::new_v4().simple());

@@ -151,6 +151,41 @@ async fn workflow_query_variable_is_configurable() {
 }
 
 #[tokio::test]
+async fn workflow_inputs_and_its_text_variable_come_from_the_form() {
+    // The form's only text field takes the text; `tone` is required, a request may set it.
+    let app = spawn(r#","inputs":{"lang":"fr"},"request_inputs":["tone"]"#).await;
+    app.dify.set_input_form(
+        FLOW_KEY,
+        json!([
+            {"paragraph": {"variable": "article", "label": "Article", "required": true}},
+            {"select": {"variable": "tone", "label": "Tone", "required": true, "options": ["formal", "casual"]}},
+            {"number": {"variable": "words", "label": "Words", "required": false}}
+        ]),
+    );
+    app.dify.set_app(
+        FLOW_KEY,
+        "workflow",
+        workflow(WorkflowSpec::new(&["Short."], json!({"text": "Short."}))),
+    );
+    // Without the required `tone`: refused before Dify runs anything.
+    let (status, _, e) = app.chat(ask("flow", "Summarise the article", false)).await;
+    assert_eq!(status, 400, "{e}");
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(message.contains("`tone` (Tone)"), "{message}");
+    assert!(app.dify.app_requests().is_empty());
+
+    let mut body = ask("flow", "Summarise the article", false);
+    body["inputs"] = json!({"tone": "formal"});
+    let (status, _, c) = app.chat(body).await;
+    assert_eq!(status, 200, "{c}");
+    assert_eq!(c["choices"][0]["message"]["content"], "Short.");
+    assert_eq!(
+        app.dify.app_requests()[0].body["inputs"],
+        json!({"article": "System: Answer in French.\n\nUser: Summarise the article", "lang": "fr", "tone": "formal"})
+    );
+}
+
+#[tokio::test]
 async fn workflow_without_text_answers_with_its_outputs() {
     // (configuration, outputs, the answer)
     let cases = [

@@ -416,8 +416,8 @@ async fn what_a_dify_app_cannot_do_is_refused_by_name() {
         .set(APP_KEY, Scenario::replay("chat-app-stream.sse"));
     let cases = [
         (
-            json!({"model": MODEL, "input": "x", "tools": [{"type": "function", "name": "f", "parameters": {}}]}),
-            "tools",
+            json!({"model": MODEL, "input": "x", "tools": [{"type": "function", "name": "f", "parameters": {}}], "tool_choice": "required"}),
+            "tool_choice",
         ),
         (
             json!({"model": MODEL, "input": "x", "background": true}),

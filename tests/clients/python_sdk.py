@@ -45,6 +45,7 @@ MODELS = {
     "flaky": "flaky-app",  # a stream with a Dify error event in the middle
     "endless": "endless-app",  # a stream that runs until /stop
     "quota": "quota-app",  # a Dify 429 rate_limit_error (quota exhausted)
+    "inputs": "inputs-app",  # an app with a required input `topic` (Python only)
 }
 
 TIMEOUT_SECONDS = 10.0
@@ -308,6 +309,39 @@ def case_no_retry_quota():
     return {"unexpected": "no exception"}
 
 
+def case_structured_output_refused():
+    """The SDK's parse() with a Pydantic model asks for a json_schema response_format, which
+    a Dify app cannot guarantee: refused at once, naming the parameter."""
+    from pydantic import BaseModel
+
+    class Capital(BaseModel):
+        city: str
+        country: str
+
+    parse = getattr(client().chat.completions, "parse", None) or client().beta.chat.completions.parse
+    parse(model=MODEL, messages=[user("py structured: the capital of France?")], response_format=Capital)
+    return {"unexpected": "no exception"}
+
+
+def case_required_input_via_extra_body():
+    """An app with a required input: missing, it is refused naming the variable; passed
+    with extra_body, it is answered."""
+    c = client()
+    out = {}
+    try:
+        c.chat.completions.create(model=MODELS["inputs"], messages=[user("py inputs: without topic")])
+        out["missing"] = {"unexpected": "no exception"}
+    except Exception as e:  # noqa: BLE001
+        out["missing"] = {"raised": error_summary(e)}
+    completion = c.chat.completions.create(
+        model=MODELS["inputs"],
+        messages=[user("py inputs: with topic")],
+        extra_body={"inputs": {"topic": "tides"}},
+    )
+    out["content"] = completion.choices[0].message.content
+    return out
+
+
 CASES = {
     "list_models": case_list_models,
     "blocking": case_blocking,
@@ -326,6 +360,8 @@ CASES = {
     "retry_429": case_retry_429,
     "no_retry_dify_401": case_no_retry_dify_401,
     "no_retry_quota": case_no_retry_quota,
+    "structured_output_refused": case_structured_output_refused,
+    "required_input_via_extra_body": case_required_input_via_extra_body,
 }
 
 

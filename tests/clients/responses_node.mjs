@@ -285,6 +285,8 @@ const CASES = {
       model: MODEL,
       input: 'node tools: what is the weather?',
       tools: [{ type: 'function', name: 'get_weather', parameters: { type: 'object', properties: {} }, strict: false }],
+      // Forcing a call of the client's tool is what a Dify app cannot do.
+      tool_choice: 'required',
     });
     return { unexpected: 'no exception' };
   },

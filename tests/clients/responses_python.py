@@ -295,6 +295,8 @@ def case_tools_refused():
                 "strict": False,
             }
         ],
+        # Forcing a call of the client's tool is what a Dify app cannot do.
+        tool_choice="required",
     )
     return {"unexpected": "no exception"}
 

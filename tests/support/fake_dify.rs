@@ -7,6 +7,7 @@
 //! - `POST /v1/chat-messages/{task_id}/stop`, which always answers 200
 //!   `{"result": "success"}` once the key and `user` are valid (after
 //!   [`FakeDify::set_stop_delay`], if one is set);
+//! - `GET /v1/parameters`: the app's input form (see `fake_dify_params.rs`);
 //! - any other path: 404 with a Dify error body.
 //!
 //! What `/chat-messages` answers is chosen per app key with [`FakeDify::set`].
@@ -35,7 +36,7 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
-use axum::routing::{delete, post};
+use axum::routing::{delete, get, post};
 use axum::serve::ListenerExt;
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -47,6 +48,9 @@ pub use apps::{AppRequest, AppRun, AppStop, WorkflowSpec};
 #[path = "fake_dify_reasoning.rs"]
 mod reasoning;
 pub use reasoning::Script;
+/// `/parameters` and the input-form check.
+#[path = "fake_dify_params.rs"]
+mod params;
 
 /// Folder holding the Dify wire fixtures.
 pub const FIXTURE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dify/");
@@ -430,6 +434,7 @@ impl FakeDify {
         let shared = Arc::new(Shared {
             data: Mutex::new(Data::default()),
             shutdown: rx.clone(),
+            params: params::Params::default(),
         });
         let app = apps::routes(Router::new())
             .route(
@@ -440,6 +445,7 @@ impl FakeDify {
                 "/v1/chat-messages/{task_id}/stop",
                 post(stop_task).fallback(method_not_allowed),
             )
+            .route("/v1/parameters", get(params::parameters))
             .route(
                 "/v1/conversations/{id}",
                 delete(delete_conversation).fallback(method_not_allowed),
@@ -613,6 +619,7 @@ async fn wait_shutdown(rx: &mut watch::Receiver<bool>) {
 struct Shared {
     data: Mutex<Data>,
     shutdown: watch::Receiver<bool>,
+    params: params::Params,
 }
 
 #[derive(Default)]
@@ -786,6 +793,9 @@ async fn chat_messages(State(st): State<Arc<Shared>>, headers: HeaderMap, body: 
     };
     if args.query.is_empty() {
         return error_response(400, "invalid_param", "query is required");
+    }
+    if let Some(response) = st.params.check_inputs(&key, &map) {
+        return response;
     }
     let Some(scenario) = st.next_scenario(&key) else {
         return unauthorized(MSG_BAD_TOKEN);

@@ -236,6 +236,10 @@ async fn run_app(st: Arc<Shared>, headers: HeaderMap, body: Bytes, path: &'stati
     let Some(user) = user_arg(&map) else {
         return error_response(400, "invalid_param", "Arg user must be provided.");
     };
+    // Dify checks a run's inputs against the app's form as it checks a new chat's.
+    if let Some(response) = st.params.check_inputs(&key, &map) {
+        return response;
+    }
     let mode = st.app_mode(&key);
     match (path, mode) {
         ("completion-messages", Some("completion")) | ("workflows/run", Some("workflow")) => {}

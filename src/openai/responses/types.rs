@@ -44,6 +44,16 @@ pub struct ResponsesRequest {
     pub max_output_tokens: Option<u64>,
     #[serde(default)]
     pub parallel_tool_calls: Option<bool>,
+    /// Dify app inputs (variables), sent with `extra_body={"inputs": {...}}`.
+    #[serde(default)]
+    pub inputs: Option<Value>,
+    /// `text.format`, `top_logprobs`, `include`: looked at by `plan::unsupported` only.
+    #[serde(default)]
+    pub text: Option<Value>,
+    #[serde(default)]
+    pub top_logprobs: Option<Value>,
+    #[serde(default)]
+    pub include: Option<Value>,
 }
 
 /// The response object: the blocking answer, and the payload of the lifecycle events.
