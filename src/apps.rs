@@ -206,6 +206,8 @@ impl Apps {
 
     /// Keeps what `/info` said. A rejected key is kept only at cold start (where it is
     /// logged); a failure on first use is the request's own error, tried again next time.
+    /// A Dify that answers but will not describe the app (a gateway exposing only the chat
+    /// route, an unreadable body) is taken to front a chat app, as before `/info` was asked.
     fn learn(
         &self,
         name: &str,
@@ -215,6 +217,17 @@ impl Apps {
     ) -> Result<AppMode, DifyError> {
         let info = match result {
             Ok(info) => info,
+            Err(error) if undescribed(&error) => {
+                tracing::warn!(model = %name, error = %error.summary(), "Dify did not describe this model's app; treating it as a chat app (set \"mode\" in MODEL_CONFIG for another kind)");
+                self.write().insert(
+                    name.to_string(),
+                    Known::App {
+                        mode: AppMode::Chat,
+                        listing: Listing::default(),
+                    },
+                );
+                return Ok(AppMode::Chat);
+            }
             Err(error) => {
                 let rejected = matches!(&error, DifyError::Http { status: 401, .. });
                 if rejected && cold_start {
@@ -257,6 +270,16 @@ impl Apps {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Known>> {
         self.known.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Dify answered, but not with a description: neither a rejected key, nor Dify down or
+/// failing (those are the request's error, and asked again).
+fn undescribed(error: &DifyError) -> bool {
+    match error {
+        DifyError::Http { status, .. } => *status != 401 && *status < 500,
+        DifyError::Stream(_) => true,
+        _ => false,
     }
 }
 

@@ -428,6 +428,21 @@ async fn responses_api_answers_from_a_workflow_but_cannot_continue_one() {
     );
 }
 
+/// A gateway in front of Dify that exposes only `/chat-messages`: chat apps answer as
+/// they did before the proxy asked `/info`.
+#[tokio::test]
+async fn without_info_a_model_is_taken_for_a_chat_app() {
+    let app = spawn_app().await;
+    app.dify.set(APP_KEY, Scenario::answer("Hello."));
+    app.dify.set_info_missing(true);
+    for _ in 0..2 {
+        let (status, _, c) = app.chat(ask(MODEL, "Say hello to me", false)).await;
+        assert_eq!(status, 200, "{c}");
+        assert_eq!(c["choices"][0]["message"]["content"], "Hello.");
+    }
+    assert_eq!(app.dify.info_calls().len(), 1, "asked once");
+}
+
 #[tokio::test]
 async fn a_configured_mode_needs_no_lookup() {
     let app = spawn(r#","mode":"workflow""#).await;

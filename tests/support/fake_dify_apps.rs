@@ -83,6 +83,7 @@ pub(super) struct AppsData {
     runs: HashMap<String, AppRun>,
     names: HashMap<String, (String, String)>,
     info_delay: Duration,
+    info_missing: bool,
     info_calls: Vec<String>,
     requests: Vec<AppRequest>,
     stops: Vec<AppStop>,
@@ -109,6 +110,11 @@ impl FakeDify {
     /// Every `/info` answer waits this long (a slow Dify).
     pub fn set_info_delay(&self, delay: Duration) {
         self.shared.lock().apps.info_delay = delay;
+    }
+
+    /// `/info` answers 404 (a gateway that exposes only the chat route).
+    pub fn set_info_missing(&self, missing: bool) {
+        self.shared.lock().apps.info_missing = missing;
     }
 
     /// The bearer token of every `/info` call, in order.
@@ -175,11 +181,14 @@ pub(super) fn refuse_chat(st: &Shared, key: &str) -> Option<Response> {
 
 async fn info(State(st): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     let token = parse_authorization(header_str(&headers, header::AUTHORIZATION).as_deref());
-    let delay = {
+    let (delay, missing) = {
         let mut d = st.lock();
         d.apps.info_calls.push(token.clone().unwrap_or_default());
-        d.apps.info_delay
+        (d.apps.info_delay, d.apps.info_missing)
     };
+    if missing {
+        return not_found().await;
+    }
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
