@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use support::clients::{ScriptRun, run_script};
 use support::process::{Running, refs, start};
-use support::{FakeDify, Recorded, Scenario, fixture_bytes};
+use support::{FakeDify, Recorded, Scenario, Script, fixture_bytes};
 
 const PROXY_KEY: &str = "sk-sdk-clients-proxy-key-5150";
 
@@ -47,6 +47,9 @@ const KEY_FLAKY: &str = "app-sdkflaky0000000000000001";
 const KEY_ENDLESS: &str = "app-sdkendless00000000000001";
 /// A Dify 429 `rate_limit_error` (workspace quota exhausted).
 const KEY_QUOTA: &str = "app-sdkquota0000000000000001";
+/// Answers whose text opens with `<think>…</think>`, tags cut across Dify's frames;
+/// conversation ids checked like Dify does.
+const KEY_THINKING: &str = "app-sdkthinking0000000000001";
 const ENDLESS_TASK: &str = "6f1d2c3b-4a5e-4f60-8b7a-9c8d7e6f5a41";
 const ENDLESS_TOKEN: &str = "tick ";
 
@@ -74,11 +77,12 @@ fn model_config() -> String {
         "flaky-app": KEY_FLAKY,
         "endless-app": KEY_ENDLESS,
         "quota-app": KEY_QUOTA,
+        "thinking-app": KEY_THINKING,
     })
     .to_string()
 }
 
-const ALL_MODELS: [&str; 7] = [
+const ALL_MODELS: [&str; 8] = [
     MODEL,
     "memory-app",
     "busy-app",
@@ -86,6 +90,7 @@ const ALL_MODELS: [&str; 7] = [
     "flaky-app",
     "endless-app",
     "quota-app",
+    "thinking-app",
 ];
 
 // ---------------------------------------------------------------------------
@@ -284,7 +289,17 @@ fn set_scenarios(dify: &FakeDify) {
         Scenario::endless(ENDLESS_TOKEN, Duration::from_millis(50), ENDLESS_TASK),
     );
     dify.set(KEY_QUOTA, Scenario::fixture_error("rate_limit_error"));
+    dify.set(
+        KEY_THINKING,
+        Scenario::Scripted(Script::chunked(
+            &format!("<think>\n{THINKING}</think>\n\n{ANSWER}"),
+            3,
+        )),
+    );
 }
+
+const THINKING: &str = "The user asks about Paris. Answer briefly.\n";
+const ANSWER: &str = "Paris is the capital of France.";
 
 fn requests_for(dify: &FakeDify, key: &str) -> Vec<Recorded> {
     dify.requests()
@@ -341,6 +356,40 @@ async fn exercise(sdk: Sdk) {
     check_midstream_error(&report, &dify);
     check_cancel(&report, &dify, stop);
     check_retries(&report, &dify);
+    check_reasoning(&report, &dify);
+}
+
+/// Thinking apart from the answer, streamed and blocking, read through the SDK; and a
+/// reasoning model's chat without a chat id continues its Dify conversation.
+fn check_reasoning(r: &Report, dify: &FakeDify) {
+    for case in ["reasoning_stream", "reasoning_blocking"] {
+        let v = r.ok(case);
+        assert_eq!(v["reasoning"], THINKING, "{case}: {v:#}");
+        assert_eq!(v["content"], ANSWER, "{case}: {v:#}");
+    }
+    assert_eq!(r.ok("reasoning_blocking")["total_tokens"], 33);
+    let v = r.ok("reasoning_multi_turn");
+    assert_eq!(v["turn1"], ANSWER, "{v:#}");
+    assert_eq!(v["turn2"], ANSWER, "{v:#}");
+    let seen: Vec<Recorded> = requests_for(dify, KEY_THINKING)
+        .into_iter()
+        .filter(|q| q.query().is_some_and(|t| t.contains("reasoning turn")))
+        .collect();
+    assert_eq!(seen.len(), 2, "{:#?}", summary(&seen));
+    assert_eq!(seen[0].conversation_id(), None, "{:#?}", summary(&seen));
+    let issued = dify.conversation_ids(KEY_THINKING, &default_user());
+    assert!(
+        seen[1]
+            .conversation_id()
+            .is_some_and(|c| issued.iter().any(|i| i == c)),
+        "turn 2 continues turn 1's conversation: {:#?}",
+        summary(&seen)
+    );
+    assert_eq!(
+        seen[1].query(),
+        Some(r.prompt("reasoning turn 2: and its population?").as_str()),
+        "turn 2 sends only the new message"
+    );
 }
 
 fn check_models(r: &Report) {

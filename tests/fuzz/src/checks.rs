@@ -617,7 +617,8 @@ pub fn think(data: &[u8]) {
         .iter()
         .filter(|tag| {
             trimmed.len() >= tag.len()
-                && trimmed.as_bytes()[trimmed.len() - tag.len()..].eq_ignore_ascii_case(tag.as_bytes())
+                && trimmed.as_bytes()[trimmed.len() - tag.len()..]
+                    .eq_ignore_ascii_case(tag.as_bytes())
         })
         .map(|tag| &trimmed[..trimmed.len() - tag.len()]);
     let unclosed = (reasoning.is_empty() || answer.is_empty()).then_some(head);
