@@ -10,6 +10,8 @@
 
 /// One answer, neutral between Dify and OpenAI: pieces decoded from Dify, accumulated.
 pub mod answer;
+/// Which kind of Dify app each model is (chat, completion, workflow), learnt at cold start.
+pub mod apps;
 /// Configuration from the environment and SSM, validated as a whole at cold start.
 pub mod config;
 /// Which Dify conversation a request continues (keys, rules, store reads and writes).

@@ -29,6 +29,7 @@ pub async fn serve(config: Config, lambda: bool, aws: Option<SdkConfig>) -> Resu
     tracing::info!("conversations: {}", store.describe());
     let state = AppState::new(config, store)
         .map_err(|e| format!("could not create the HTTP client: {e}"))?;
+    state.resolve_apps().await;
     let app = crate::app(state);
 
     if lambda {

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::apps::{Apps, ColdStart};
 use crate::config::Config;
 use crate::dify::DifyClient;
 use crate::dify::client::StreamLimits;
@@ -16,6 +17,7 @@ struct Inner {
     config: Config,
     dify: DifyClient,
     store: Arc<dyn ConversationStore>,
+    apps: Apps,
     /// Reported as every model's `created`: the time this instance loaded its config.
     started_at: i64,
 }
@@ -33,6 +35,7 @@ impl AppState {
                 config,
                 dify,
                 store,
+                apps: Apps::new(),
                 started_at: crate::unix_now(),
             }),
         })
@@ -48,6 +51,29 @@ impl AppState {
 
     pub fn dify(&self) -> &DifyClient {
         &self.inner.dify
+    }
+
+    /// Each model's kind of Dify app and its name, as far as known.
+    pub fn apps(&self) -> &Apps {
+        &self.inner.apps
+    }
+
+    /// Asks Dify about every model's app at once, within the cold-start budget (see
+    /// [`crate::apps`]); logs what it found and how long it took.
+    pub async fn resolve_apps(&self) -> ColdStart {
+        let report = self
+            .inner
+            .apps
+            .resolve_at_cold_start(&self.inner.dify, &self.inner.config.models)
+            .await;
+        tracing::info!(
+            resolved = report.resolved,
+            rejected = report.rejected,
+            unresolved = report.unresolved,
+            ms = report.elapsed.as_millis() as u64,
+            "Dify apps described"
+        );
+        report
     }
 
     pub fn started_at(&self) -> i64 {

@@ -627,14 +627,15 @@ fn check_midstream_error(r: &Report, dify: &FakeDify) {
             .contains("You exceeded your current quota"),
         "Dify's text reaches the client: {e:#}"
     );
-    assert_eq!(e["code"], "dify_model_error", "{e:#}");
+    // The provider's quota is used up (Dify's completion_request_error says so).
+    assert_eq!(e["code"], "insufficient_quota", "{e:#}");
 
-    // The same Dify failure for a blocking client: a 502 the SDK must not retry, since
-    // Dify already ran the request.
+    // The same Dify failure for a blocking client: a 429 the SDK must not retry, since
+    // Dify already ran the request and the quota will not come back by itself.
     let e = r.raised("aggregate_error");
-    assert_eq!(e["class"], "InternalServerError", "{e:#}");
-    assert_eq!(e["status"], 502, "{e:#}");
-    assert_eq!(e["code"], "dify_model_error", "{e:#}");
+    assert_eq!(e["class"], "RateLimitError", "{e:#}");
+    assert_eq!(e["status"], 429, "{e:#}");
+    assert_eq!(e["code"], "insufficient_quota", "{e:#}");
     assert_eq!(e["x_should_retry"], "false", "{e:#}");
     assert!(
         e["message"]

@@ -779,7 +779,7 @@ fn check_midstream(r: &Report, dify: &FakeDify) {
         "no exception for a failed answer: {v:#}"
     );
     assert_eq!(raised["is_api_error"], true, "{v:#}");
-    assert_eq!(raised["code"], "dify_model_error", "{v:#}");
+    assert_eq!(raised["code"], "insufficient_quota", "{v:#}");
     assert!(contains(&raised["message"], FLAKY_MESSAGE), "{v:#}");
 
     // The helper: an exception, or a final response that says it failed.
@@ -799,11 +799,11 @@ fn check_midstream(r: &Report, dify: &FakeDify) {
     assert!(v.get("final").is_none(), "{v:#}");
     assert!(contains(&v["raised"]["message"], FLAKY_MESSAGE), "{v:#}");
 
-    // A blocking request: an HTTP error, as for chat completions (502, not to be retried:
-    // Dify already ran the request).
+    // A blocking request: an HTTP error, as for chat completions (429 for the provider's
+    // used-up quota, not to be retried: Dify already ran the request).
     let e = r.raised("midstream_blocking");
-    assert_eq!(e["status"], 502, "{e:#}");
-    assert_eq!(e["code"], "dify_model_error", "{e:#}");
+    assert_eq!(e["status"], 429, "{e:#}");
+    assert_eq!(e["code"], "insufficient_quota", "{e:#}");
     assert_eq!(e["x_should_retry"], "false", "{e:#}");
     assert!(contains(&e["message"], FLAKY_MESSAGE), "{e:#}");
     let flaky = requests_for(dify, KEY_FLAKY);

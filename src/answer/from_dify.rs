@@ -1,6 +1,7 @@
 //! Dify's decoded stream → [`Piece`]s. Every app type's events (chat, agent, chatflow,
 //! completion, workflow) meet here, so both OpenAI encoders treat each event the same way.
 
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use url::Url;
 
@@ -8,6 +9,7 @@ use super::think::ThinkSplitter;
 use super::thoughts::{AgentThoughts, ThoughtUpdate};
 use super::{AnswerOptions, Citations, FileKind, Flow, Piece, ReasoningMode, Usage};
 use crate::answer::Failure;
+use crate::apps::AppMode;
 use crate::dify::{DifyError, DifyEvent, Event};
 use crate::error::dify::from_dify;
 
@@ -30,6 +32,12 @@ pub struct DifyDecoder {
     workflow_failure: Option<String>,
     /// An `End` or `Failed` piece went out: nothing more may.
     over: bool,
+    /// The app's kind: a workflow app's run ends (and fails) at `workflow_finished`.
+    mode: AppMode,
+    /// Workflow apps: the output variable that answers when no text streamed.
+    output_variable: Option<String>,
+    /// Some answer content went out (text, a file, a replacement).
+    content_seen: bool,
     /// Splits inline thinking off the answer text (`REASONING_MODE=separate`).
     think: Option<ThinkSplitter>,
     /// An agent's tool use, told as reasoning.
@@ -51,11 +59,22 @@ impl DifyDecoder {
             complete: false,
             workflow_failure: None,
             over: false,
+            mode: AppMode::Chat,
+            output_variable: None,
+            content_seen: false,
             think: Some(ThinkSplitter::new()),
             thoughts: AgentThoughts::default(),
             citations: Citations::Off,
             sources: Vec::new(),
         }
+    }
+
+    /// For an app of `mode` (chat, the default, reads every event the same way); a
+    /// workflow's answer falls back to its outputs, `output_variable` first.
+    pub fn for_app(mut self, mode: AppMode, output_variable: Option<&str>) -> Self {
+        self.mode = mode;
+        self.output_variable = output_variable.map(str::to_string);
+        self
     }
 
     /// The deployment's choices about reasoning and citations.
@@ -100,7 +119,16 @@ impl DifyDecoder {
         if self.conversation_id.is_none() {
             self.conversation_id = frame.conversation_id.filter(|c| !c.is_empty());
         }
-        match frame.event {
+        let before = out.len();
+        let flow = self.decode(frame.event, out);
+        self.content_seen |= out[before..]
+            .iter()
+            .any(|p| matches!(p, Piece::Text(_) | Piece::File { .. } | Piece::Replace(_)));
+        flow
+    }
+
+    fn decode(&mut self, event: Event, out: &mut Vec<Piece>) -> Flow {
+        match event {
             Event::Ping => out.push(Piece::KeepAlive),
             Event::AgentMessage { answer } if !answer.is_empty() => {
                 let (len, digest) = self.agent_text.get_or_insert_default();
@@ -172,7 +200,26 @@ impl DifyDecoder {
                 }
                 return self.end(out);
             }
-            Event::WorkflowFinished { status, error } => match status.as_deref() {
+            Event::WorkflowFinished {
+                status,
+                error,
+                outputs,
+                total_tokens,
+            } if self.mode == AppMode::Workflow => {
+                return self.finish_workflow(status.as_deref(), error, outputs, total_tokens, out);
+            }
+            Event::Paused { .. } => {
+                // The run would wait for a person forever: end it with a reason (and
+                // stop the paused task) rather than hang until the idle limit.
+                let error = DifyError::Event {
+                    code: "human_input_required".to_string(),
+                    status: None,
+                    message: String::new(),
+                };
+                self.fail_with(&error, false, out);
+                return Flow::Stop;
+            }
+            Event::WorkflowFinished { status, error, .. } => match status.as_deref() {
                 Some("failed") => {
                     self.workflow_failure =
                         Some(error.unwrap_or_else(|| "the workflow failed".to_string()));
@@ -235,6 +282,65 @@ impl DifyDecoder {
         }
     }
 
+    /// A workflow app's run is over: its answer is the streamed text, else its outputs.
+    fn finish_workflow(
+        &mut self,
+        status: Option<&str>,
+        error: Option<String>,
+        outputs: Option<Value>,
+        total_tokens: Option<u64>,
+        out: &mut Vec<Piece>,
+    ) -> Flow {
+        let failure = |code: &str, message: String| DifyError::Event {
+            code: code.to_string(),
+            status: None,
+            message,
+        };
+        match status {
+            // A workflow's failure comes only as this status (no `error` event follows).
+            Some("failed") => {
+                let message = error.unwrap_or_else(|| "the workflow failed".to_string());
+                self.fail_with(&failure("workflow_failed", message), true, out);
+                return Flow::Stop;
+            }
+            Some("stopped") => {
+                self.fail_with(
+                    &failure("workflow_stopped", error.unwrap_or_default()),
+                    true,
+                    out,
+                );
+                return Flow::Stop;
+            }
+            Some("partial-succeeded") => tracing::warn!(
+                model = %self.model,
+                "the workflow partially succeeded: some of its nodes failed and their error handling ran"
+            ),
+            _ => {}
+        }
+        // Text the thinking splitter still holds is content too.
+        let before = out.len();
+        self.finish_text(out);
+        self.content_seen |= out[before..].iter().any(|p| matches!(p, Piece::Text(_)));
+        if !self.content_seen {
+            match outputs_text(outputs.as_ref(), self.output_variable.as_deref()) {
+                Ok(text) => out.push(Piece::Text(text)),
+                Err(why) => {
+                    self.fail_with(&failure("workflow_no_output", why), true, out);
+                    return Flow::Stop;
+                }
+            }
+        }
+        if let Some(total_tokens) = total_tokens {
+            // Dify counts a run's tokens only as a total.
+            out.push(Piece::Usage(Usage {
+                prompt_tokens: 0,
+                completion_tokens: 0,
+                total_tokens,
+            }));
+        }
+        self.end(out)
+    }
+
     fn end(&mut self, out: &mut Vec<Piece>) -> Flow {
         self.finish_text(out);
         self.over = true;
@@ -295,6 +401,48 @@ impl DifyDecoder {
             dify_ended,
         }));
     }
+}
+
+/// A workflow's answer from its End node's `outputs`, when it streamed no text: the
+/// configured output variable, else its only string output, else all outputs as JSON
+/// text. `Err` says why there is no answer (worded to follow "finished with no answer: ").
+pub fn outputs_text(outputs: Option<&Value>, variable: Option<&str>) -> Result<String, String> {
+    let object = match outputs {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(o)) if o.is_empty() => None,
+        Some(Value::Object(o)) => Some(o),
+        Some(other) => return Ok(json_text(other)),
+    };
+    let Some(object) = object else {
+        return Err("its End node has no output variables.".to_string());
+    };
+    let empty = |name: &str| Err(format!("its output `{name}` is empty."));
+    if let Some(name) = variable {
+        return match object.get(name) {
+            Some(Value::String(s)) if s.is_empty() => empty(name),
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(Value::Null) => empty(name),
+            Some(other) => Ok(json_text(other)),
+            None => {
+                let names: Vec<&str> = object.keys().map(String::as_str).collect();
+                Err(format!(
+                    "its outputs have no variable `{name}` (they have: {}); check `output_variable` in MODEL_CONFIG.",
+                    names.join(", ")
+                ))
+            }
+        };
+    }
+    let mut strings = object.iter().filter(|(_, v)| v.is_string());
+    match (strings.next(), strings.next()) {
+        (Some((name, Value::String(s))), None) if s.is_empty() && object.len() == 1 => empty(name),
+        (Some((_, Value::String(s))), None) if !s.is_empty() => Ok(s.clone()),
+        _ => Ok(json_text(&Value::Object(object.clone()))),
+    }
+}
+
+/// Readable JSON (never `[object Object]`); our own values always serialize.
+fn json_text(value: &Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_default()
 }
 
 /// `Sources:` and the cited documents' names, numbered, each once, in Dify's order;

@@ -772,7 +772,7 @@ mod tests {
             "model \"a\": the app key must be a string, but it is a number",
             "model \"b\" has an empty app key",
             "model \"c\": the key sk-… does not look like a Dify app key",
-            "model \"d\" at `x`: unknown field `x`, expected `key`",
+            "model \"d\" at `x`: unknown field `x`, expected one of `key`, `mode`, `query_variable`, `output_variable`",
             "PROXY_API_KEYS is not set",
             "DIFY_TIMEOUT_SECONDS is \"soon\"",
             "SERVER_PORT is \"70000\"",

@@ -9,6 +9,7 @@ use serde::de::value::{MapAccessDeserializer, MapDeserializer};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::{Problem, Secret};
+use crate::apps::AppMode;
 use crate::error::json_error_text;
 
 const VAR: &str = "MODEL_CONFIG";
@@ -17,6 +18,20 @@ const VAR: &str = "MODEL_CONFIG";
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
     pub app_key: Secret,
+    /// The app's kind, when `MODEL_CONFIG` states it (then Dify is not asked).
+    pub mode: Option<AppMode>,
+    /// Completion and workflow apps: the input variable that takes the user's text.
+    pub query_variable: Option<String>,
+    /// Workflow apps: the output variable that is the answer when no text streamed.
+    pub output_variable: Option<String>,
+}
+
+impl ModelConfig {
+    /// The input variable a completion or workflow app takes the user's text in. The one
+    /// place its default is decided.
+    pub fn query_variable(&self) -> &str {
+        self.query_variable.as_deref().unwrap_or("query")
+    }
 }
 
 /// The object form of an entry. A new setting is one more field here; give it
@@ -26,6 +41,13 @@ pub struct ModelConfig {
 struct EntryObject {
     /// The Dify app key, `app-...`.
     key: String,
+    /// Dify's app mode (`chat`, `completion`, `workflow`, ...): no `/info` lookup then.
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    query_variable: Option<String>,
+    #[serde(default)]
+    output_variable: Option<String>,
 }
 
 /// One entry, in either form.
@@ -170,7 +192,27 @@ fn model(name: &str, entry: serde_json::Value) -> Result<ModelConfig, String> {
             app_key.masked()
         ));
     }
-    Ok(ModelConfig { app_key })
+    let mode = match entry.mode.as_deref().map(str::trim) {
+        None => None,
+        Some(mode) => Some(AppMode::from_dify(mode).ok_or_else(|| {
+            format!(
+                "model {name:?} at `mode`: {mode:?} is not a Dify app mode; use one of {}, or leave it out so the proxy asks Dify",
+                AppMode::NAMES.join(", ")
+            )
+        })?),
+    };
+    let variable = |field: &str, value: Option<String>| match value {
+        Some(v) if v.trim().is_empty() => Err(format!(
+            "model {name:?} at `{field}`: the variable name is empty; leave it out for the default"
+        )),
+        v => Ok(v.map(|v| v.trim().to_string())),
+    };
+    Ok(ModelConfig {
+        app_key,
+        mode,
+        query_variable: variable("query_variable", entry.query_variable)?,
+        output_variable: variable("output_variable", entry.output_variable)?,
+    })
 }
 
 fn looks_like_app_key(key: &str) -> bool {
@@ -233,7 +275,7 @@ mod tests {
                 "has a model with an empty name",
                 "model \"badkey\" at `key`: invalid type: integer `7`, expected a string",
                 "model \"bool\": the app key must be a string, but it is a boolean",
-                "model \"extra\" at `kye`: unknown field `kye`, expected `key`",
+                "model \"extra\" at `kye`: unknown field `kye`, expected one of `key`, `mode`, `query_variable`, `output_variable`",
                 "model \"list\": the app key must be a string, but it is an array",
                 "model \"nokey\": missing field `key`",
                 "model \"null\": the app key must be a string, but it is null",
@@ -241,6 +283,33 @@ mod tests {
             ]
         );
         assert!(!found.concat().contains("secret"), "{found:?}");
+    }
+
+    #[test]
+    fn app_settings_parse_and_are_checked() {
+        let mut found = Vec::new();
+        let models = parse(
+            r#"{"w": {"key": "app-wwwwwwwwwwwwwwww0001", "mode": "workflow", "query_variable": "article", "output_variable": "summary"},
+                "c": {"key": "app-cccccccccccccccc0002", "mode": "advanced-chat"},
+                "plain": "app-pppppppppppppppp0003"}"#,
+            &mut found,
+        );
+        assert!(found.is_empty(), "{found:?}");
+        assert_eq!(models["w"].mode, Some(AppMode::Workflow));
+        assert_eq!(models["w"].query_variable(), "article");
+        assert_eq!(models["w"].output_variable.as_deref(), Some("summary"));
+        assert_eq!(models["c"].mode, Some(AppMode::Chat));
+        assert_eq!(models["plain"].mode, None);
+        assert_eq!(models["plain"].query_variable(), "query");
+        assert_eq!(
+            problems(
+                r#"{"x": {"key": "app-xxxxxxxxxxxxxxxx0001", "mode": "chatbot"}, "y": {"key": "app-yyyyyyyyyyyyyyyy0002", "query_variable": " "}}"#
+            ),
+            [
+                "model \"x\" at `mode`: \"chatbot\" is not a Dify app mode; use one of chat, agent-chat, advanced-chat, agent, completion, workflow, or leave it out so the proxy asks Dify",
+                "model \"y\" at `query_variable`: the variable name is empty; leave it out for the default",
+            ]
+        );
     }
 
     #[test]

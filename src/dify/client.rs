@@ -10,7 +10,8 @@ use url::Url;
 
 use super::error::DifyError;
 use super::sse::EventDecoder;
-use super::types::{ChatMessageRequest, DifyEvent, ErrorResponse};
+use super::types::{ChatMessageRequest, DifyEvent, ErrorResponse, RunRequest};
+use crate::apps::{AppMode, InfoResponse};
 use crate::telemetry::error_chain;
 
 /// How much of an error body we read: enough for any Dify error, bounded for HTML pages.
@@ -68,7 +69,48 @@ impl DifyClient {
         app_key: &str,
         request: &ChatMessageRequest,
     ) -> Result<EventStream, DifyError> {
-        let url = self.url("chat-messages")?;
+        self.start_stream(app_key, AppMode::Chat, request).await
+    }
+
+    /// Starts a completion app's `POST /completion-messages` or a workflow app's
+    /// `POST /workflows/run` in streaming mode, like [`DifyClient::chat_stream`].
+    pub async fn run_stream(
+        &self,
+        app_key: &str,
+        mode: AppMode,
+        request: &RunRequest,
+    ) -> Result<EventStream, DifyError> {
+        self.start_stream(app_key, mode, request).await
+    }
+
+    /// `GET /info`: the app's name, description and mode, bounded by the configured
+    /// timeout.
+    pub async fn info(&self, app_key: &str) -> Result<InfoResponse, DifyError> {
+        let url = self.url("info")?;
+        let send = self.http.get(url).bearer_auth(app_key).send();
+        let response = match tokio::time::timeout(self.timeout, send).await {
+            Err(_) => return Err(DifyError::Timeout(self.timeout)),
+            Ok(Err(e)) if e.is_timeout() => return Err(DifyError::Timeout(self.timeout)),
+            Ok(Err(e)) => return Err(DifyError::Unreachable(error_chain(&e))),
+            Ok(Ok(r)) => r,
+        };
+        if !response.status().is_success() {
+            return Err(self.http_error(response).await);
+        }
+        let body = tokio::time::timeout(self.timeout, read_limited(response, MAX_ERROR_BODY))
+            .await
+            .map_err(|_| DifyError::Timeout(self.timeout))?;
+        serde_json::from_slice(&body)
+            .map_err(|e| DifyError::Stream(format!("Dify's /info answer is unreadable: {e}")))
+    }
+
+    async fn start_stream(
+        &self,
+        app_key: &str,
+        mode: AppMode,
+        request: &impl serde::Serialize,
+    ) -> Result<EventStream, DifyError> {
+        let url = self.url(mode.run_path())?;
         let send = self
             .http
             .post(url)
@@ -95,10 +137,11 @@ impl DifyClient {
         })
     }
 
-    /// `POST /chat-messages/{task_id}/stop`. Dify always answers success; failures here
-    /// are only logged, since the client is already gone.
-    pub async fn stop(&self, app_key: &str, task_id: &str, user: &str) {
-        let url = match self.url(&format!("chat-messages/{task_id}/stop")) {
+    /// Stops the task through its app's stop endpoint (`POST /chat-messages/{task_id}/stop`
+    /// and the like). Dify always answers success; failures here are only logged, since
+    /// the client is already gone.
+    pub async fn stop(&self, mode: AppMode, app_key: &str, task_id: &str, user: &str) {
+        let url = match self.url(&mode.stop_path(task_id)) {
             Ok(u) => u,
             Err(_) => return,
         };

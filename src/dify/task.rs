@@ -1,6 +1,7 @@
 //! The Dify task behind an answer in progress, stopped if the answer is abandoned.
 
 use super::DifyClient;
+use crate::apps::AppMode;
 
 /// The answer's Dify task. An answer that ends early is stopped with [`RunningTask::stop`];
 /// dropped while still armed (a blocking request whose client went away, so axum dropped
@@ -11,6 +12,8 @@ pub struct RunningTask {
     user: String,
     task_id: Option<String>,
     armed: bool,
+    /// Which stop endpoint the task has.
+    mode: AppMode,
 }
 
 impl RunningTask {
@@ -21,7 +24,14 @@ impl RunningTask {
             user,
             task_id: None,
             armed: true,
+            mode: AppMode::Chat,
         }
+    }
+
+    /// A task of a completion or workflow app (stopped through that app's endpoint).
+    pub fn of_mode(mut self, mode: AppMode) -> Self {
+        self.mode = mode;
+        self
     }
 
     /// Remembers the task id from the first frame that names it.
@@ -56,7 +66,9 @@ impl RunningTask {
             return;
         };
         tracing::info!(task_id, "stopping the Dify task: {why}");
-        self.dify.stop(&self.app_key, &task_id, &self.user).await;
+        self.dify
+            .stop(self.mode, &self.app_key, &task_id, &self.user)
+            .await;
     }
 }
 
@@ -71,6 +83,7 @@ impl Drop for RunningTask {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let mode = self.mode;
         let (dify, key, user) = (
             self.dify.clone(),
             std::mem::take(&mut self.app_key),
@@ -80,6 +93,6 @@ impl Drop for RunningTask {
             task_id,
             "client went away before the answer was complete; stopping the Dify task"
         );
-        runtime.spawn(async move { dify.stop(&key, &task_id, &user).await });
+        runtime.spawn(async move { dify.stop(mode, &key, &task_id, &user).await });
     }
 }

@@ -18,6 +18,15 @@ pub struct ChatMessageRequest {
     pub auto_generate_name: Option<bool>,
 }
 
+/// `POST /completion-messages` and `POST /workflows/run` body: the user's text is one of
+/// the app's input variables; there is no conversation.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRequest {
+    pub inputs: Map<String, Value>,
+    pub response_mode: &'static str,
+    pub user: String,
+}
+
 /// Body of any non-2xx Dify response.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ErrorResponse {
@@ -83,6 +92,15 @@ pub enum Event {
     WorkflowFinished {
         status: Option<String>,
         error: Option<String>,
+        /// The End node's variables: a workflow app's result.
+        outputs: Option<Value>,
+        /// The only usage a workflow run reports.
+        total_tokens: Option<u64>,
+    },
+    /// `human_input_required` or `workflow_paused`: the run waits for a person (a Human
+    /// Input node), which no OpenAI client can answer.
+    Paused {
+        name: String,
     },
     Error {
         code: String,
@@ -158,6 +176,10 @@ struct WireData {
     status: Option<String>,
     #[serde(default)]
     error: Option<String>,
+    #[serde(default)]
+    outputs: Option<Value>,
+    #[serde(default)]
+    total_tokens: Option<u64>,
 }
 
 /// Only the name, for frames whose other fields did not fit [`Wire`].
@@ -177,6 +199,9 @@ const ACTED_ON: &[&str] = &[
     "error",
 ];
 
+/// Events that pause a run for a person's input.
+const PAUSES: &[&str] = &["human_input_required", "workflow_paused"];
+
 impl DifyEvent {
     /// Parses the JSON of one `data:` line.
     pub fn parse(data: &str) -> Result<Self, EventParseError> {
@@ -186,6 +211,11 @@ impl DifyEvent {
                 // An event we ignore anyway may carry fields of other types (new Dify
                 // versions): let it pass instead of failing the answer.
                 return match serde_json::from_str::<NameOnly>(data) {
+                    Ok(n) if PAUSES.contains(&n.event.as_str()) => Ok(DifyEvent {
+                        task_id: None,
+                        conversation_id: None,
+                        event: Event::Paused { name: n.event },
+                    }),
                     Ok(n) if !ACTED_ON.contains(&n.event.as_str()) => Ok(DifyEvent {
                         task_id: None,
                         conversation_id: None,
@@ -237,13 +267,23 @@ impl DifyEvent {
                 },
                 Err(_) => Event::Other { name: wire.event },
             },
-            "workflow_finished" => {
-                let data = wire.data;
-                Event::WorkflowFinished {
-                    status: data.as_ref().and_then(|d| d.status.clone()),
-                    error: data.and_then(|d| d.error),
-                }
-            }
+            "workflow_finished" => match wire.data {
+                Some(d) => Event::WorkflowFinished {
+                    status: d.status,
+                    error: d.error,
+                    outputs: d.outputs,
+                    total_tokens: d.total_tokens,
+                },
+                None => Event::WorkflowFinished {
+                    status: None,
+                    error: None,
+                    outputs: None,
+                    total_tokens: None,
+                },
+            },
+            name if PAUSES.contains(&name) => Event::Paused {
+                name: name.to_string(),
+            },
             "error" => Event::Error {
                 code: wire
                     .code

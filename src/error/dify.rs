@@ -4,6 +4,7 @@
 use http::StatusCode;
 
 use super::ClientError;
+use super::provider::{self, ProviderFailure};
 use crate::dify::DifyError;
 
 /// Maps a Dify failure to what the client sees. `started` is true once Dify had begun the
@@ -32,7 +33,10 @@ pub fn from_dify(model: &str, error: &DifyError, started: bool) -> ClientError {
             retry_after,
         } => {
             let mut c = from_dify_code(model, Some(*status), code, message);
-            if c.status == StatusCode::TOO_MANY_REQUESTS && c.should_retry != Some(false) {
+            if c.status == StatusCode::TOO_MANY_REQUESTS
+                && c.should_retry != Some(false)
+                && retry_after.is_some()
+            {
                 c.retry_after = retry_after.clone();
             }
             c
@@ -82,7 +86,7 @@ fn from_dify_code(model: &str, status: Option<u16>, code: &str, message: &str) -
             "server_error",
             Some("dify_app_mode_unsupported"),
             format!(
-                "Model `{model}` points to a Dify app that cannot answer chat messages (use a Chatbot, Agent or Chatflow app).{quoted}"
+                "Model `{model}` points to a Dify app of another kind than the request was sent for: check its `mode` in MODEL_CONFIG, or leave `mode` out so the proxy asks Dify.{quoted}"
             ),
         )
         .no_retry(),
@@ -106,12 +110,7 @@ fn from_dify_code(model: &str, status: Option<u16>, code: &str, message: &str) -
             format!("The model provider of the Dify app behind `{model}` is not set up.{quoted}"),
         )
         .no_retry(),
-        (_, "completion_request_error") => ClientError::new(
-            S::BAD_GATEWAY,
-            "server_error",
-            Some("dify_model_error"),
-            format!("The model behind the Dify app `{model}` failed.{quoted}"),
-        ),
+        (_, "completion_request_error") => provider_failure(model, message, &quoted),
         (_, "not_found") if message.contains("Conversation") => ClientError::new(
             S::NOT_FOUND,
             "invalid_request_error",
@@ -130,6 +129,35 @@ fn from_dify_code(model: &str, status: Option<u16>, code: &str, message: &str) -
             "server_error",
             Some("dify_workflow_failed"),
             format!("The Dify chatflow behind model `{model}` failed.{quoted}"),
+        ),
+        (_, "workflow_failed") => ClientError::new(
+            S::BAD_GATEWAY,
+            "server_error",
+            Some("dify_workflow_failed"),
+            format!("The Dify workflow behind model `{model}` failed.{quoted}"),
+        ),
+        (_, "workflow_stopped") => ClientError::new(
+            S::BAD_GATEWAY,
+            "server_error",
+            Some("dify_workflow_stopped"),
+            format!(
+                "The Dify workflow run behind model `{model}` was stopped before it finished.{quoted}"
+            ),
+        ),
+        // The message is ours: why the outputs give no answer.
+        (_, "workflow_no_output") => ClientError::new(
+            S::BAD_GATEWAY,
+            "server_error",
+            Some("dify_workflow_no_output"),
+            format!("The Dify workflow behind model `{model}` finished with no answer: {message}"),
+        ),
+        (_, "human_input_required") => ClientError::new(
+            S::BAD_GATEWAY,
+            "server_error",
+            Some("dify_human_input_required"),
+            format!(
+                "The Dify app behind model `{model}` paused for human input (a Human Input node), which an OpenAI client cannot give; the run was stopped. Use the app in Dify, or remove the node."
+            ),
         ),
         (_, "invalid_param" | "conversation_completed") => ClientError::new(
             S::BAD_REQUEST,
@@ -167,6 +195,74 @@ fn from_dify_code(model: &str, status: Option<u16>, code: &str, message: &str) -
     }
 }
 
+/// `completion_request_error`: the model provider failed, and what it said decides whether
+/// the client should change its request, wait, or stop retrying.
+fn provider_failure(model: &str, message: &str, quoted: &str) -> ClientError {
+    use StatusCode as S;
+    match provider::classify(message) {
+        ProviderFailure::ContextLength => ClientError::new(
+            S::BAD_REQUEST,
+            "invalid_request_error",
+            Some("context_length_exceeded"),
+            format!(
+                "The conversation is too long for the model behind `{model}`: shorten the messages or start a new conversation.{quoted}"
+            ),
+        )
+        .no_retry(),
+        ProviderFailure::BadRequest => ClientError::new(
+            S::BAD_REQUEST,
+            "invalid_request_error",
+            Some("invalid_request"),
+            format!("The model provider of the Dify app behind `{model}` rejected the request.{quoted}"),
+        )
+        .no_retry(),
+        ProviderFailure::Quota => ClientError::new(
+            S::TOO_MANY_REQUESTS,
+            "insufficient_quota",
+            Some("insufficient_quota"),
+            format!(
+                "The model provider account of the Dify app behind `{model}` has run out of quota or credit.{quoted}"
+            ),
+        )
+        .no_retry(),
+        ProviderFailure::RateLimit => {
+            let mut c = ClientError::new(
+                S::TOO_MANY_REQUESTS,
+                "rate_limit_exceeded",
+                Some("rate_limit_exceeded"),
+                format!(
+                    "The model provider of the Dify app behind `{model}` is rate limiting requests; retry later.{quoted}"
+                ),
+            );
+            c.retry_after = provider::retry_after_seconds(message).map(|s| s.to_string());
+            c
+        }
+        ProviderFailure::Auth => ClientError::new(
+            S::BAD_GATEWAY,
+            "server_error",
+            Some("dify_provider_auth_error"),
+            format!(
+                "The model provider rejected the credentials of the Dify app behind `{model}`: they must be fixed in Dify's model provider settings; your own API key is fine.{quoted}"
+            ),
+        )
+        .no_retry(),
+        ProviderFailure::Unavailable => ClientError::new(
+            S::SERVICE_UNAVAILABLE,
+            "server_error",
+            Some("dify_provider_unavailable"),
+            format!(
+                "The model provider of the Dify app behind `{model}` is overloaded or unreachable; retry later.{quoted}"
+            ),
+        ),
+        ProviderFailure::Unknown => ClientError::new(
+            S::BAD_GATEWAY,
+            "server_error",
+            Some("dify_model_error"),
+            format!("The model behind the Dify app `{model}` failed.{quoted}"),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +274,15 @@ mod tests {
             code: code.into(),
             message: message.into(),
             retry_after: Some("3".into()),
+        }
+    }
+
+    /// A failure the decoder reports for a workflow run (no HTTP status).
+    fn event(code: &str) -> DifyError {
+        DifyError::Event {
+            code: code.into(),
+            status: None,
+            message: "x".into(),
         }
     }
 
@@ -273,6 +378,19 @@ mod tests {
                 "dify_timeout",
             ),
             (DifyError::Stream("cut".into()), 502, "dify_stream_error"),
+            (event("workflow_failed"), 502, "dify_workflow_failed"),
+            (event("workflow_stopped"), 502, "dify_workflow_stopped"),
+            (event("workflow_no_output"), 502, "dify_workflow_no_output"),
+            (
+                event("human_input_required"),
+                502,
+                "dify_human_input_required",
+            ),
+            (
+                http(400, "not_workflow_app", "x"),
+                502,
+                "dify_app_mode_unsupported",
+            ),
         ];
         for (error, status, code) in rows {
             let c = from_dify("m", &error, false);
@@ -330,5 +448,175 @@ mod tests {
         assert_eq!((quota.retry_after, quota.should_retry), (None, Some(false)));
         let midstream = from_dify("m", &DifyError::Stream("cut".into()), true);
         assert_eq!(midstream.should_retry, Some(false));
+    }
+}
+
+#[cfg(test)]
+mod provider_tests {
+    use super::*;
+
+    fn provider(message: &str) -> DifyError {
+        DifyError::Http {
+            status: 400,
+            code: "completion_request_error".into(),
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    fn in_stream(message: &str) -> DifyError {
+        DifyError::Event {
+            code: "completion_request_error".into(),
+            status: Some(400),
+            message: message.into(),
+        }
+    }
+
+    /// Message, status, type, code, `should_retry`, `retry_after`.
+    type Row = (
+        &'static str,
+        u16,
+        &'static str,
+        &'static str,
+        Option<bool>,
+        Option<&'static str>,
+    );
+
+    /// The README's provider table: status, type, code, retry hints.
+    #[test]
+    fn provider_failure_table() {
+        let rows: &[Row] = &[
+            (
+                "[openai] Bad Request Error, Error code: 400 - {'error': {'message': \"This model's maximum context length is 8192 tokens.\", 'code': 'context_length_exceeded'}}",
+                400,
+                "invalid_request_error",
+                "context_length_exceeded",
+                Some(false),
+                None,
+            ),
+            (
+                "[openai] Bad Request Error, Error code: 400 - {'error': {'message': \"Invalid value for 'temperature'.\"}}",
+                400,
+                "invalid_request_error",
+                "invalid_request",
+                Some(false),
+                None,
+            ),
+            (
+                "[openai] Rate Limit Error, Error code: 429 - {'error': {'message': 'Rate limit reached for gpt-4o. Please try again in 1.2s.', 'code': 'rate_limit_exceeded'}}",
+                429,
+                "rate_limit_exceeded",
+                "rate_limit_exceeded",
+                None,
+                Some("2"),
+            ),
+            (
+                "[anthropic] Rate Limit Error, Error code: 429 - {'error': {'type': 'rate_limit_error'}}",
+                429,
+                "rate_limit_exceeded",
+                "rate_limit_exceeded",
+                None,
+                None,
+            ),
+            (
+                "[openai] Rate Limit Error, Error code: 429 - You exceeded your current quota.",
+                429,
+                "insufficient_quota",
+                "insufficient_quota",
+                Some(false),
+                None,
+            ),
+            (
+                "[openai] Error: Incorrect API key provided",
+                502,
+                "server_error",
+                "dify_provider_auth_error",
+                Some(false),
+                None,
+            ),
+            (
+                "[anthropic] Server Unavailable Error, Error code: 529 - {'error': {'type': 'overloaded_error', 'message': 'Overloaded'}}",
+                503,
+                "server_error",
+                "dify_provider_unavailable",
+                None,
+                None,
+            ),
+            (
+                "[openai] Connection Error, Request timed out.",
+                503,
+                "server_error",
+                "dify_provider_unavailable",
+                None,
+                None,
+            ),
+            (
+                "[ollama] Error: something odd",
+                502,
+                "server_error",
+                "dify_model_error",
+                None,
+                None,
+            ),
+        ];
+        for (message, status, kind, code, retry, after) in rows {
+            let c = from_dify("m", &provider(message), false);
+            assert_eq!(c.status.as_u16(), *status, "{message}");
+            assert_eq!(c.body.error.kind, *kind, "{message}");
+            assert_eq!(c.body.error.code.as_deref(), Some(*code), "{message}");
+            assert_eq!(c.should_retry, *retry, "{message}");
+            assert_eq!(c.retry_after.as_deref(), *after, "{message}");
+            assert!(c.body.error.message.contains("Dify says: "), "{message}");
+        }
+    }
+
+    /// Mid-stream the same classification names the error event; a retry would replay the
+    /// run, so it is never suggested.
+    #[test]
+    fn in_stream_provider_errors_keep_their_kind() {
+        let c = from_dify(
+            "m",
+            &in_stream(
+                "[anthropic] Bad Request Error, Error code: 400 - prompt is too long: 215332 tokens > 200000 maximum",
+            ),
+            true,
+        );
+        assert_eq!(c.body.error.kind, "invalid_request_error");
+        assert_eq!(
+            c.body.error.code.as_deref(),
+            Some("context_length_exceeded")
+        );
+        assert_eq!(c.should_retry, Some(false));
+        let c = from_dify(
+            "m",
+            &in_stream("[openai] Rate Limit Error, Error code: 429 - Rate limit reached"),
+            true,
+        );
+        assert_eq!(c.body.error.code.as_deref(), Some("rate_limit_exceeded"));
+        assert_eq!(c.should_retry, Some(false));
+    }
+
+    /// Dify's own provider codes, next to `completion_request_error`.
+    #[test]
+    fn dify_provider_codes() {
+        for (code, status, client_code) in [
+            ("provider_quota_exceeded", 429, "insufficient_quota"),
+            ("provider_not_initialize", 502, "dify_model_unavailable"),
+            ("model_currently_not_support", 502, "dify_model_unavailable"),
+        ] {
+            let c = from_dify("m", &http_error(code), false);
+            assert_eq!(c.status.as_u16(), status, "{code}");
+            assert_eq!(c.body.error.code.as_deref(), Some(client_code), "{code}");
+            assert_eq!(c.should_retry, Some(false), "{code}");
+        }
+    }
+
+    fn http_error(code: &str) -> DifyError {
+        DifyError::Http {
+            status: 400,
+            code: code.into(),
+            message: "x".into(),
+            retry_after: None,
+        }
     }
 }

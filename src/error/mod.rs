@@ -4,6 +4,8 @@
 
 /// Dify's failures → client errors: the table behind the README's error section.
 pub mod dify;
+/// A model provider's failure, read from the text Dify passes on.
+pub mod provider;
 
 use http::StatusCode;
 

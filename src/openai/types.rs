@@ -167,6 +167,12 @@ pub struct Model {
     pub object: String,
     pub created: i64,
     pub owned_by: String,
+    /// The Dify app's name and description, when Dify described it (Open WebUI's model
+    /// picker shows the name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
 impl Model {
@@ -176,6 +182,8 @@ impl Model {
             object: "model".to_string(),
             created,
             owned_by: "dify".to_string(),
+            name: None,
+            description: None,
         }
     }
 }

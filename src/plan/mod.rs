@@ -7,7 +7,7 @@ pub mod responses;
 
 use serde_json::{Map, Value};
 
-use crate::dify::types::ChatMessageRequest;
+use crate::dify::types::{ChatMessageRequest, RunRequest};
 use crate::error::ApiError;
 use crate::openai::{ChatCompletionRequest, Role};
 
@@ -84,6 +84,23 @@ impl Turn {
             user: self.user.clone(),
             conversation_id: continued,
             auto_generate_name: None,
+        }
+    }
+}
+
+impl Turn {
+    /// The body for a completion or workflow app: the folded query (they keep no
+    /// conversation) in the input variable `query_variable`.
+    pub fn run_request(&self, query_variable: &str) -> RunRequest {
+        let mut inputs = Map::new();
+        inputs.insert(
+            query_variable.to_string(),
+            Value::String(self.folded_query()),
+        );
+        RunRequest {
+            inputs,
+            response_mode: "streaming",
+            user: self.user.clone(),
         }
     }
 }
@@ -336,6 +353,21 @@ mod tests {
         assert_eq!(param.as_deref(), Some("n"));
         let (_, param) = bad(json!({"model":"m","messages":[{"role":"user","content":null}]}));
         assert_eq!(param.as_deref(), Some("messages[0].content"));
+    }
+
+    #[test]
+    fn one_shot_apps_get_the_folded_query_in_their_variable() {
+        let t = to_turn(
+            &request(json!({"model":"m","user":"ada","messages":[
+                {"role":"system","content":"Be brief."},{"role":"user","content":"Summarise this."}]})),
+            None,
+        )
+        .unwrap();
+        let body = serde_json::to_value(t.run_request("article")).unwrap();
+        assert_eq!(
+            body,
+            json!({"inputs":{"article":"System: Be brief.\n\nUser: Summarise this."},"response_mode":"streaming","user":"ada"})
+        );
     }
 
     #[test]

@@ -13,8 +13,9 @@ use super::extract::OpenAiJson;
 use super::models::visible_models;
 use super::stream::stream_answer;
 use crate::answer::DifyDecoder;
+use crate::apps::AppMode;
 use crate::config::{ModelAccess, ModelConfig, Tenant};
-use crate::conversation::{ConversationLink, thread_for};
+use crate::conversation::{ConversationLink, Thread, thread_for};
 use crate::dify::{DifyError, EventStream, RunningTask};
 use crate::error::ApiError;
 use crate::openai::ChatCompletionRequest;
@@ -48,17 +49,23 @@ pub async fn create(
     let user_header = headers.get(USER_HEADER).and_then(|v| v.to_str().ok());
     let mut turn = to_turn(&request, user_header)?;
     turn.user = tenant.dify_user(std::mem::take(&mut turn.user));
+    let mode = app_mode(&state, &request.model, model).await?;
 
     let chat_id = chat_id(&headers, &state, metadata_str(&request, "chat_id"));
-    let thread = thread_for(
-        tenant.as_str(),
-        &request.model,
-        &turn.user,
-        chat_id,
-        &turn.history,
-        &turn.message,
-        config.history_matching,
-    );
+    let thread = if mode.has_conversations() {
+        thread_for(
+            tenant.as_str(),
+            &request.model,
+            &turn.user,
+            chat_id,
+            &turn.history,
+            &turn.message,
+            config.history_matching,
+        )
+    } else {
+        // One-shot apps: every request carries its whole history, nothing is stored.
+        Thread::Untracked
+    };
     let mut link = ConversationLink::new(
         state.store(),
         thread,
@@ -72,7 +79,8 @@ pub async fn create(
     let app_key = model.app_key.expose();
     let upstream = start_answer(
         &state,
-        app_key,
+        model,
+        mode,
         &request.model,
         &turn,
         &mut link,
@@ -96,8 +104,10 @@ pub async fn create(
     let keep_text = link.wants_answer_text();
     let run = AnswerRun {
         decoder: DifyDecoder::new(&request.model, state.dify().base().clone())
+            .for_app(mode, model.output_variable.as_deref())
             .with_options(state.config().answer),
-        task: RunningTask::new(state.dify().clone(), app_key.to_string(), turn.user.clone()),
+        task: RunningTask::new(state.dify().clone(), app_key.to_string(), turn.user.clone())
+            .of_mode(mode),
         link,
         turn,
         model: request.model,
@@ -136,6 +146,26 @@ pub(super) fn allowed_model<'a>(
     Ok(model)
 }
 
+/// The kind of app behind `name`: configured, known since cold start, or asked of Dify
+/// now. Fails as Dify's answer would (a key rejected at cold start at once).
+pub(super) async fn app_mode(
+    state: &AppState,
+    name: &str,
+    model: &ModelConfig,
+) -> Result<AppMode, ApiError> {
+    state
+        .apps()
+        .mode_for(state.dify(), name, model)
+        .await
+        .map_err(|error| {
+            tracing::warn!(model = name, error = %error.summary(), "could not learn the Dify app's kind");
+            ApiError::Dify {
+                model: name.to_string(),
+                error,
+            }
+        })
+}
+
 /// The client's chat id: the configured header (Open WebUI's by default), else the one
 /// the body names (`metadata.chat_id`).
 pub(super) fn chat_id<'a>(
@@ -164,15 +194,23 @@ pub(super) enum Gone {
 
 /// Sends the turn to Dify (continuing `continued`, if any) and returns its event stream
 /// once Dify has accepted it: before that, every failure is an HTTP error.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn start_answer(
     state: &AppState,
-    app_key: &str,
+    app: &ModelConfig,
+    mode: AppMode,
     model: &str,
     turn: &Turn,
     link: &mut ConversationLink,
     continued: Option<String>,
     gone: Gone,
 ) -> Result<EventStream, ApiError> {
+    let app_key = app.app_key.expose();
+    if !mode.has_conversations() {
+        let request = turn.run_request(app.query_variable());
+        let result = state.dify().run_stream(app_key, mode, &request).await;
+        return result.map_err(|error| refused(model, error));
+    }
     let mut dify_request = turn.chat_message(continued, link.resend_system());
     if link.is_detached() {
         dify_request.auto_generate_name = Some(false);
@@ -200,13 +238,15 @@ pub(super) async fn start_answer(
             }
         }
     }
-    result.map_err(|error| {
-        tracing::warn!(model, error = %error.summary(), "Dify refused the request");
-        ApiError::Dify {
-            model: model.to_string(),
-            error,
-        }
-    })
+    result.map_err(|error| refused(model, error))
+}
+
+fn refused(model: &str, error: DifyError) -> ApiError {
+    tracing::warn!(model, error = %error.summary(), "Dify refused the request");
+    ApiError::Dify {
+        model: model.to_string(),
+        error,
+    }
 }
 
 /// Dify's answers for a conversation that cannot be continued.

@@ -18,7 +18,7 @@ pub async fn list(
         .models
         .keys()
         .filter(|id| access.allows(id))
-        .map(|id| Model::new(id, state.started_at()))
+        .map(|id| model(&state, id))
         .collect();
     Json(ModelList {
         object: "list".to_string(),
@@ -32,12 +32,22 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<Model>, ApiError> {
     if state.config().models.contains_key(&id) && access.allows(&id) {
-        Ok(Json(Model::new(&id, state.started_at())))
+        Ok(Json(model(&state, &id)))
     } else {
         Err(ApiError::ModelNotFound {
             model: id,
             available: visible_models(&state, &access),
         })
+    }
+}
+
+/// One model, with its Dify app's name and description when known.
+fn model(state: &AppState, id: &str) -> Model {
+    let listing = state.apps().listing(id);
+    Model {
+        name: listing.name,
+        description: listing.description,
+        ..Model::new(id, state.started_at())
     }
 }
 

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::answer::AnswerRun;
 use super::blocking::complete_answer;
-use super::chat::{Gone, USER_HEADER, allowed_model, chat_id, start_answer};
+use super::chat::{Gone, USER_HEADER, allowed_model, app_mode, chat_id, start_answer};
 use super::extract::OpenAiJson;
 use super::stream::stream_answer;
 use crate::answer::DifyDecoder;
@@ -55,6 +55,17 @@ pub async fn create(
     let user_header = headers.get(USER_HEADER).and_then(|v| v.to_str().ok());
     let mut turn = to_turn(&request, user_header, previous.is_some())?;
     turn.user = tenant.dify_user(std::mem::take(&mut turn.user));
+    let mode = app_mode(&state, &request.model, model).await?;
+    if previous.is_some() && !mode.has_conversations() {
+        return Err(ApiError::bad_request(
+            format!(
+                "Model `{}` is a Dify {} app, which keeps no conversations: `previous_response_id` cannot continue one. Send the earlier turns in `input` instead.",
+                request.model,
+                mode.label()
+            ),
+            Some("previous_response_id".into()),
+        ));
+    }
     let scoped = |id: &str| response_key(tenant.as_str(), &request.model, &turn.user, id);
 
     let (thread, gone) = match previous {
@@ -62,6 +73,8 @@ pub async fn create(
             Thread::Response { key: scoped(id) },
             Gone::Refuse(ApiError::PreviousResponseNotFound { id: id.to_string() }),
         ),
+        // One-shot apps: every request carries its whole history, nothing is stored.
+        None if !mode.has_conversations() => (Thread::Untracked, Gone::StartOver),
         None => {
             let from_body = request.metadata.as_ref().and_then(|m| m.get("chat_id"));
             let chat_id = chat_id(&headers, &state, from_body.and_then(|v| v.as_str()));
@@ -105,13 +118,14 @@ pub async fn create(
     // Random, never derived from Dify's ids: holding one is the only way to continue it.
     let id = format!("resp_{}", uuid::Uuid::new_v4().simple());
     let store = request.store != Some(false);
-    if store {
+    if store && mode.has_conversations() {
         link.record_response(scoped(&id));
     }
     let app_key = model.app_key.expose();
     let upstream = start_answer(
         &state,
-        app_key,
+        model,
+        mode,
         &request.model,
         &turn,
         &mut link,
@@ -137,8 +151,10 @@ pub async fn create(
     };
     let run = AnswerRun {
         decoder: DifyDecoder::new(&request.model, state.dify().base().clone())
+            .for_app(mode, model.output_variable.as_deref())
             .with_options(state.config().answer),
-        task: RunningTask::new(state.dify().clone(), app_key.to_string(), turn.user.clone()),
+        task: RunningTask::new(state.dify().clone(), app_key.to_string(), turn.user.clone())
+            .of_mode(mode),
         link,
         turn,
         model: request.model,

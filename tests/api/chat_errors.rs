@@ -112,9 +112,11 @@ async fn dify_http_errors_map_to_statuses_a_client_can_act_on() {
             "dify_app_mode_unsupported",
         ),
         (
+            // "[openai] Error: Incorrect API key provided": the provider refused the
+            // app's credentials.
             Scenario::fixture_error("completion_request_error"),
             502,
-            "dify_model_error",
+            "dify_provider_auth_error",
         ),
         (
             Scenario::fixture_error("internal_server_error"),

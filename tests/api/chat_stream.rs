@@ -197,7 +197,9 @@ async fn midstream_dify_error_becomes_an_error_event() {
     assert_eq!(r.status, 200);
     assert_eq!(r.content(), "Sure, here is");
     let e = r.error().expect("an error event");
-    assert_eq!(e["code"], "dify_model_error");
+    // The provider said its quota is used up: the event says so, not a generic failure.
+    assert_eq!(e["code"], "insufficient_quota");
+    assert_eq!(e["type"], "insufficient_quota");
     assert!(e["message"].as_str().unwrap().contains("Rate Limit Error"));
     assert!(!r.done(), "no [DONE] after an error");
     assert!(

@@ -149,6 +149,24 @@ async fn spawn_app_on(overrides: &[(&str, &str)], table: Option<&str>) -> TestAp
 }
 
 async fn spawn_app_store(overrides: &[(&str, &str)], store: Store<'_>) -> TestApp {
+    spawn_app_full(overrides, store, None).await.0
+}
+
+/// The app after a cold start's lookup of every model's Dify app (as `serve` does):
+/// `prepare` sets the fake Dify up first. Also how the lookups went.
+pub async fn spawn_app_cold(
+    overrides: &[(&str, &str)],
+    prepare: impl Fn(&FakeDify),
+) -> (TestApp, opendify::apps::ColdStart) {
+    let (app, report) = spawn_app_full(overrides, Store::Memory, Some(&prepare)).await;
+    (app, report.expect("resolved at cold start"))
+}
+
+async fn spawn_app_full(
+    overrides: &[(&str, &str)],
+    store: Store<'_>,
+    prepare: Option<&dyn Fn(&FakeDify)>,
+) -> (TestApp, Option<opendify::apps::ColdStart>) {
     capture_logs();
     let dify = FakeDify::start().await;
     let mut vars: HashMap<String, String> = HashMap::from([
@@ -177,6 +195,13 @@ async fn spawn_app_store(overrides: &[(&str, &str)], store: Store<'_>) -> TestAp
         Store::Memory => std::sync::Arc::new(opendify::store::MemoryStore::new(ttl)),
     };
     let state = opendify::AppState::new(config, store).unwrap();
+    let report = match prepare {
+        Some(prepare) => {
+            prepare(&dify);
+            Some(state.resolve_apps().await)
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     // The server setup `main` uses, socket options included.
@@ -185,11 +210,12 @@ async fn spawn_app_store(overrides: &[(&str, &str)], store: Store<'_>) -> TestAp
         opendify::app(state),
         std::future::pending(),
     ));
-    TestApp {
+    let app = TestApp {
         url,
         client: reqwest::Client::new(),
         dify,
-    }
+    };
+    (app, report)
 }
 
 /// One SSE frame as the client received it, with its arrival time.

@@ -6,6 +6,7 @@ mod support;
 
 mod helpers;
 
+mod apps;
 mod auth_and_routes;
 mod chat_blocking;
 mod chat_errors;
@@ -14,6 +15,7 @@ mod conversations;
 mod hardening;
 mod linear;
 mod models;
+mod provider_errors;
 mod reasoning;
 mod responses;
 mod stream_ends;

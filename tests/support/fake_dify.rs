@@ -18,6 +18,8 @@
 //! written the way Flask writes them: `json.dumps` separators (`", "` and
 //! `": "`), non-ASCII escaped, a trailing `\n`, `Content-Type: application/json`.
 //!
+//! Completion and workflow apps and `GET /info`: `fake_dify_apps.rs`.
+//!
 //! Streams are written through a channel into a streaming body. Every write
 //! goes out as its own HTTP chunk, so delays between writes are real.
 
@@ -39,6 +41,9 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 use tokio::sync::{Notify, mpsc, watch};
 
+#[path = "fake_dify_apps.rs"]
+mod apps;
+pub use apps::{AppRequest, AppRun, AppStop, WorkflowSpec};
 #[path = "fake_dify_reasoning.rs"]
 mod reasoning;
 pub use reasoning::Script;
@@ -426,7 +431,7 @@ impl FakeDify {
             data: Mutex::new(Data::default()),
             shutdown: rx.clone(),
         });
-        let app = Router::new()
+        let app = apps::routes(Router::new())
             .route(
                 "/v1/chat-messages",
                 post(chat_messages).fallback(method_not_allowed),
@@ -629,6 +634,7 @@ struct Data {
     next_task_serial: u64,
     /// See [`FakeDify::hold_answers_until`].
     hold_until: usize,
+    apps: apps::AppsData,
 }
 
 struct TaskEntry {
@@ -659,7 +665,8 @@ impl Shared {
     }
 
     fn knows_key(&self, key: &str) -> bool {
-        self.lock().scenarios.contains_key(key)
+        let d = self.lock();
+        d.scenarios.contains_key(key) || d.apps.modes.contains_key(key)
     }
 
     fn next_scenario(&self, key: &str) -> Option<Scenario> {
@@ -770,6 +777,9 @@ async fn chat_messages(State(st): State<Arc<Shared>>, headers: HeaderMap, body: 
         Ok(found) => found,
         Err(response) => return *response,
     };
+    if let Some(refused) = apps::refuse_chat(&st, &key) {
+        return refused;
+    }
     let args = match validate_chat_payload(&map) {
         Ok(args) => args,
         Err(msg) => return error_response(400, "invalid_param", &msg),

@@ -2,6 +2,7 @@
 //! streamed and aggregated, whole and re-split at every byte; the Responses encoder's
 //! share in `responses`.
 
+mod apps;
 mod reasoning;
 mod responses;
 
@@ -314,7 +315,7 @@ fn midstream_error_becomes_an_error_event() {
     assert_eq!(text(&r), "Sure, here is");
     let streamed = r.error.clone().unwrap();
     let e = r.error.unwrap().error;
-    assert_eq!(e.code.as_deref(), Some("dify_model_error"));
+    assert_eq!(e.code.as_deref(), Some("insufficient_quota"));
     assert!(e.message.contains("Rate Limit Error"), "{}", e.message);
     assert!(
         r.chunks
