@@ -352,11 +352,11 @@ async fn exercise(sdk: Sdk) {
     check_models(&report);
     check_plain_chats(&report, &dify);
     check_multi_turn(&report, &dify);
+    check_reasoning(&report, &dify);
     check_client_errors(&report, &dify);
     check_midstream_error(&report, &dify);
     check_cancel(&report, &dify, stop);
     check_retries(&report, &dify);
-    check_reasoning(&report, &dify);
 }
 
 /// Thinking apart from the answer, streamed and blocking, read through the SDK; and a

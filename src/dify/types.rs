@@ -99,9 +99,7 @@ pub enum Event {
     },
     /// `human_input_required` or `workflow_paused`: the run waits for a person (a Human
     /// Input node), which no OpenAI client can answer.
-    Paused {
-        name: String,
-    },
+    Paused { name: String },
     Error {
         code: String,
         status: Option<u16>,
