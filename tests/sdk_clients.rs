@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use support::clients::{ScriptRun, run_script};
 use support::process::{Running, refs, start};
-use support::{FakeDify, Recorded, Scenario, fixture_bytes};
+use support::{FakeDify, Recorded, Scenario, Script, fixture_bytes};
 
 const PROXY_KEY: &str = "sk-sdk-clients-proxy-key-5150";
 
@@ -49,6 +49,9 @@ const KEY_ENDLESS: &str = "app-sdkendless00000000000001";
 const KEY_QUOTA: &str = "app-sdkquota0000000000000001";
 /// An app whose input form requires `topic` (see `set_scenarios`).
 const KEY_INPUTS: &str = "app-sdkinputs000000000000001";
+/// Answers whose text opens with `<think>…</think>`, tags cut across Dify's frames;
+/// conversation ids checked like Dify does.
+const KEY_THINKING: &str = "app-sdkthinking0000000000001";
 const ENDLESS_TASK: &str = "6f1d2c3b-4a5e-4f60-8b7a-9c8d7e6f5a41";
 const ENDLESS_TOKEN: &str = "tick ";
 
@@ -77,11 +80,12 @@ fn model_config() -> String {
         "endless-app": KEY_ENDLESS,
         "quota-app": KEY_QUOTA,
         "inputs-app": {"key": KEY_INPUTS, "inputs": {"language": "en"}, "request_inputs": ["topic"]},
+        "thinking-app": KEY_THINKING,
     })
     .to_string()
 }
 
-const ALL_MODELS: [&str; 8] = [
+const ALL_MODELS: [&str; 9] = [
     MODEL,
     "memory-app",
     "busy-app",
@@ -90,6 +94,7 @@ const ALL_MODELS: [&str; 8] = [
     "endless-app",
     "quota-app",
     "inputs-app",
+    "thinking-app",
 ];
 
 // ---------------------------------------------------------------------------
@@ -293,7 +298,17 @@ fn set_scenarios(dify: &FakeDify) {
         KEY_INPUTS,
         serde_json::json!([{"text-input": {"variable": "topic", "label": "Topic", "required": true}}]),
     );
+    dify.set(
+        KEY_THINKING,
+        Scenario::Scripted(Script::chunked(
+            &format!("<think>\n{THINKING}</think>\n\n{ANSWER}"),
+            3,
+        )),
+    );
 }
+
+const THINKING: &str = "The user asks about Paris. Answer briefly.\n";
+const ANSWER: &str = "Paris is the capital of France.";
 
 fn requests_for(dify: &FakeDify, key: &str) -> Vec<Recorded> {
     dify.requests()
@@ -352,6 +367,7 @@ async fn exercise(sdk: Sdk) {
     check_models(&report);
     check_plain_chats(&report, &dify);
     check_multi_turn(&report, &dify);
+    check_reasoning(&report, &dify);
     check_client_errors(&report, &dify);
     check_midstream_error(&report, &dify);
     check_cancel(&report, &dify, stop);
@@ -405,6 +421,39 @@ fn check_required_input(r: &Report, dify: &FakeDify) {
         serde_json::json!({"language": "en", "topic": "tides"}),
         "{:#?}",
         summary(&seen)
+    );
+}
+
+/// Thinking apart from the answer, streamed and blocking, read through the SDK; and a
+/// reasoning model's chat without a chat id continues its Dify conversation.
+fn check_reasoning(r: &Report, dify: &FakeDify) {
+    for case in ["reasoning_stream", "reasoning_blocking"] {
+        let v = r.ok(case);
+        assert_eq!(v["reasoning"], THINKING, "{case}: {v:#}");
+        assert_eq!(v["content"], ANSWER, "{case}: {v:#}");
+    }
+    assert_eq!(r.ok("reasoning_blocking")["total_tokens"], 33);
+    let v = r.ok("reasoning_multi_turn");
+    assert_eq!(v["turn1"], ANSWER, "{v:#}");
+    assert_eq!(v["turn2"], ANSWER, "{v:#}");
+    let seen: Vec<Recorded> = requests_for(dify, KEY_THINKING)
+        .into_iter()
+        .filter(|q| q.query().is_some_and(|t| t.contains("reasoning turn")))
+        .collect();
+    assert_eq!(seen.len(), 2, "{:#?}", summary(&seen));
+    assert_eq!(seen[0].conversation_id(), None, "{:#?}", summary(&seen));
+    let issued = dify.conversation_ids(KEY_THINKING, &default_user());
+    assert!(
+        seen[1]
+            .conversation_id()
+            .is_some_and(|c| issued.iter().any(|i| i == c)),
+        "turn 2 continues turn 1's conversation: {:#?}",
+        summary(&seen)
+    );
+    assert_eq!(
+        seen[1].query(),
+        Some(r.prompt("reasoning turn 2: and its population?").as_str()),
+        "turn 2 sends only the new message"
     );
 }
 

@@ -42,6 +42,7 @@ const MODELS = {
   flaky: 'flaky-app', // a stream with a Dify error event in the middle
   endless: 'endless-app', // a stream that runs until /stop
   quota: 'quota-app', // a Dify 429 rate_limit_error (quota exhausted)
+  thinking: 'thinking-app', // answers opening with <think>…</think>, tags cut across frames
 };
 
 const TIMEOUT_MS = 10_000;
@@ -235,6 +236,48 @@ const CASES = {
       model: MODELS.memory,
       user: 'node-history-user',
       messages: [first, { role: 'assistant', content: answer1 }, user('node history 2: what is my name?')],
+    });
+    return { turn1: answer1, turn2: turn2.choices[0].message.content };
+  },
+
+  // Thinking arrives as `delta.reasoning_content`, a field the SDK passes through.
+  async reasoning_stream() {
+    const stream = await client().chat.completions.create({
+      model: MODELS.thinking,
+      stream: true,
+      messages: [user('node reasoning stream: tell me about Paris')],
+    });
+    let reasoning = '';
+    let content = '';
+    for await (const chunk of stream) {
+      reasoning += chunk.choices[0]?.delta?.reasoning_content ?? '';
+      content += chunk.choices[0]?.delta?.content ?? '';
+    }
+    return { reasoning, content };
+  },
+
+  async reasoning_blocking() {
+    const completion = await client().chat.completions.create({
+      model: MODELS.thinking,
+      messages: [user('node reasoning blocking: tell me about Paris')],
+    });
+    const message = completion.choices[0].message;
+    return {
+      reasoning: message.reasoning_content ?? null,
+      content: message.content,
+      total_tokens: completion.usage.total_tokens,
+    };
+  },
+
+  // No chat id: turn 2 sends back the answer's content (without the thinking).
+  async reasoning_multi_turn() {
+    const c = client();
+    const first = user('node reasoning turn 1: tell me about Paris');
+    const turn1 = await c.chat.completions.create({ model: MODELS.thinking, messages: [first] });
+    const answer1 = turn1.choices[0].message.content;
+    const turn2 = await c.chat.completions.create({
+      model: MODELS.thinking,
+      messages: [first, { role: 'assistant', content: answer1 }, user('node reasoning turn 2: and its population?')],
     });
     return { turn1: answer1, turn2: turn2.choices[0].message.content };
   },

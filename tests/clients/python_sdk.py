@@ -46,6 +46,7 @@ MODELS = {
     "endless": "endless-app",  # a stream that runs until /stop
     "quota": "quota-app",  # a Dify 429 rate_limit_error (quota exhausted)
     "inputs": "inputs-app",  # an app with a required input `topic` (Python only)
+    "thinking": "thinking-app",  # answers opening with <think>…</think>, tags cut across frames
 }
 
 TIMEOUT_SECONDS = 10.0
@@ -220,6 +221,45 @@ def case_history_matching():
     return {"turn1": answer1, "turn2": turn2.choices[0].message.content}
 
 
+def case_reasoning_stream():
+    """Thinking arrives as `delta.reasoning_content`, an extra field: `model_extra`."""
+    stream = client().chat.completions.create(
+        model=MODELS["thinking"], stream=True, messages=[user("py reasoning stream: tell me about Paris")]
+    )
+    reasoning, content = "", ""
+    for chunk in stream:
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        reasoning += (delta.model_extra or {}).get("reasoning_content") or ""
+        content += delta.content or ""
+    return {"reasoning": reasoning, "content": content}
+
+
+def case_reasoning_blocking():
+    completion = client().chat.completions.create(
+        model=MODELS["thinking"], messages=[user("py reasoning blocking: tell me about Paris")]
+    )
+    message = completion.choices[0].message
+    return {
+        "reasoning": (message.model_extra or {}).get("reasoning_content"),
+        "content": message.content,
+        "total_tokens": completion.usage.total_tokens,
+    }
+
+
+def case_reasoning_multi_turn():
+    """No chat id: turn 2 sends back the answer's content (without the thinking)."""
+    c = client()
+    first = user("py reasoning turn 1: tell me about Paris")
+    answer1 = c.chat.completions.create(model=MODELS["thinking"], messages=[first]).choices[0].message.content
+    turn2 = c.chat.completions.create(
+        model=MODELS["thinking"],
+        messages=[first, {"role": "assistant", "content": answer1}, user("py reasoning turn 2: and its population?")],
+    )
+    return {"turn1": answer1, "turn2": turn2.choices[0].message.content}
+
+
 def case_unknown_model():
     client().chat.completions.create(model="no-such-model", messages=[user("py unknown model")])
     return {"unexpected": "no exception"}
@@ -351,6 +391,9 @@ CASES = {
     "text_parts": case_text_parts,
     "multi_turn": case_multi_turn,
     "history_matching": case_history_matching,
+    "reasoning_stream": case_reasoning_stream,
+    "reasoning_blocking": case_reasoning_blocking,
+    "reasoning_multi_turn": case_reasoning_multi_turn,
     "unknown_model": case_unknown_model,
     "bad_key": case_bad_key,
     "empty_messages": case_empty_messages,
