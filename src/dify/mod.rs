@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod error;
+pub mod multipart;
 pub mod sse;
 pub mod task;
 pub mod types;

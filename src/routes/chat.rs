@@ -10,6 +10,7 @@ use axum::response::Response;
 use super::answer::AnswerRun;
 use super::blocking::complete_answer;
 use super::extract::OpenAiJson;
+use super::files::upload_files;
 use super::models::visible_models;
 use super::stream::stream_answer;
 use crate::answer::DifyDecoder;
@@ -48,6 +49,8 @@ pub async fn create(
     let user_header = headers.get(USER_HEADER).and_then(|v| v.to_str().ok());
     let mut turn = to_turn(&request, user_header)?;
     turn.user = tenant.dify_user(std::mem::take(&mut turn.user));
+    // Before the conversation is claimed: a refused file leaves the chat as it was.
+    upload_files(&state, model.app_key.expose(), &request.model, &mut turn).await?;
 
     let chat_id = chat_id(&headers, &state, metadata_str(&request, "chat_id"));
     let thread = thread_for(

@@ -12,6 +12,8 @@ mod chat;
 mod error;
 /// The JSON body extractor with OpenAI-shaped rejections.
 mod extract;
+/// The upload step: a turn's inline files to Dify before its answer starts.
+mod files;
 /// `GET /v1/models`.
 mod models;
 /// `POST /v1/responses`: the orchestration.

@@ -13,6 +13,7 @@ use super::answer::AnswerRun;
 use super::blocking::complete_answer;
 use super::chat::{Gone, USER_HEADER, allowed_model, chat_id, start_answer};
 use super::extract::OpenAiJson;
+use super::files::upload_files;
 use super::stream::stream_answer;
 use crate::answer::DifyDecoder;
 use crate::config::{ModelAccess, Tenant};
@@ -55,6 +56,8 @@ pub async fn create(
     let user_header = headers.get(USER_HEADER).and_then(|v| v.to_str().ok());
     let mut turn = to_turn(&request, user_header, previous.is_some())?;
     turn.user = tenant.dify_user(std::mem::take(&mut turn.user));
+    // Before the conversation is claimed: a refused file leaves it as it was.
+    upload_files(&state, model.app_key.expose(), &request.model, &mut turn).await?;
     let scoped = |id: &str| response_key(tenant.as_str(), &request.model, &turn.user, id);
 
     let (thread, gone) = match previous {

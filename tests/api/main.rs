@@ -11,6 +11,7 @@ mod chat_blocking;
 mod chat_errors;
 mod chat_stream;
 mod conversations;
+mod files;
 mod hardening;
 mod linear;
 mod models;

@@ -2,6 +2,7 @@
 //! streamed and aggregated, whole and re-split at every byte; the Responses encoder's
 //! share in `responses`.
 
+mod files;
 mod responses;
 
 use super::*;
