@@ -47,6 +47,8 @@ const KEY_FLAKY: &str = "app-sdkflaky0000000000000001";
 const KEY_ENDLESS: &str = "app-sdkendless00000000000001";
 /// A Dify 429 `rate_limit_error` (workspace quota exhausted).
 const KEY_QUOTA: &str = "app-sdkquota0000000000000001";
+/// Generated answers, conversation ids and files checked like Dify does.
+const KEY_FILES: &str = "app-sdkfiles0000000000000001";
 const ENDLESS_TASK: &str = "6f1d2c3b-4a5e-4f60-8b7a-9c8d7e6f5a41";
 const ENDLESS_TOKEN: &str = "tick ";
 
@@ -74,11 +76,12 @@ fn model_config() -> String {
         "flaky-app": KEY_FLAKY,
         "endless-app": KEY_ENDLESS,
         "quota-app": KEY_QUOTA,
+        "files-app": KEY_FILES,
     })
     .to_string()
 }
 
-const ALL_MODELS: [&str; 7] = [
+const ALL_MODELS: [&str; 8] = [
     MODEL,
     "memory-app",
     "busy-app",
@@ -86,6 +89,7 @@ const ALL_MODELS: [&str; 7] = [
     "flaky-app",
     "endless-app",
     "quota-app",
+    "files-app",
 ];
 
 // ---------------------------------------------------------------------------
@@ -101,6 +105,8 @@ impl Proxy {
             ("MODEL_CONFIG", model_config()),
             ("PROXY_API_KEYS", PROXY_KEY.to_string()),
             ("DIFY_TIMEOUT_SECONDS", "10".to_string()),
+            // Room for an image over Dify's 10 MiB limit in one request (image_too_large).
+            ("MAX_REQUEST_BYTES", "16777216".to_string()),
         ];
         start(&refs(&vars))
     }
@@ -284,7 +290,10 @@ fn set_scenarios(dify: &FakeDify) {
         Scenario::endless(ENDLESS_TOKEN, Duration::from_millis(50), ENDLESS_TASK),
     );
     dify.set(KEY_QUOTA, Scenario::fixture_error("rate_limit_error"));
+    dify.set(KEY_FILES, Scenario::answer_with_conversations(FILES_ANSWER));
 }
+
+const FILES_ANSWER: &str = "A red dot on white.";
 
 fn requests_for(dify: &FakeDify, key: &str) -> Vec<Recorded> {
     dify.requests()
@@ -341,6 +350,7 @@ async fn exercise(sdk: Sdk) {
     check_midstream_error(&report, &dify);
     check_cancel(&report, &dify, stop);
     check_retries(&report, &dify);
+    check_files(&report, &dify);
 }
 
 fn check_models(r: &Report) {
@@ -661,4 +671,119 @@ async fn python_openai_sdk_against_the_binary() {
 #[tokio::test]
 async fn node_openai_sdk_against_the_binary() {
     exercise(Sdk::Node).await;
+}
+
+/// Images and files through the SDKs' own types: a remote image, a base64 image uploaded
+/// as the chat's user, a PDF, a too-large image refused before Dify, and a second turn
+/// after an image turn that continues the same conversation without uploading again.
+fn check_files(r: &Report, dify: &FakeDify) {
+    let files = requests_for(dify, KEY_FILES);
+    let sent = |prompt: &str| -> Recorded {
+        let found: Vec<&Recorded> = files
+            .iter()
+            .filter(|q| q.query().is_some_and(|t| t.starts_with(prompt)))
+            .collect();
+        assert_eq!(found.len(), 1, "{prompt}: {:#?}", summary(&files));
+        found[0].clone()
+    };
+    let uploads: Vec<support::Upload> = dify
+        .uploads()
+        .into_iter()
+        .filter(|u| u.key == KEY_FILES)
+        .collect();
+    let upload = |id: &Value| -> support::Upload {
+        uploads
+            .iter()
+            .find(|u| Some(u.id.as_str()) == id.as_str())
+            .unwrap_or_else(|| panic!("no upload {id}: {uploads:#?}"))
+            .clone()
+    };
+
+    let v = r.ok("image_url");
+    assert_eq!(v["content"], FILES_ANSWER, "{v:#}");
+    let q = sent(&r.prompt("image url: what is this?"));
+    assert_eq!(
+        q.query(),
+        Some(format!("{}\n[image]", r.prompt("image url: what is this?")).as_str())
+    );
+    assert_eq!(
+        q.body["files"],
+        serde_json::json!([{"type": "image", "transfer_method": "remote_url",
+            "url": format!("https://images.example/{}-cat.png", r.sdk.prefix())}])
+    );
+
+    let v = r.ok("image_base64");
+    assert_eq!(v["content"], FILES_ANSWER, "{v:#}");
+    let q = sent(&r.prompt("image base64: describe it."));
+    assert_eq!(
+        q.body["files"][0]["transfer_method"], "local_file",
+        "{}",
+        q.body
+    );
+    let u = upload(&q.body["files"][0]["upload_file_id"]);
+    assert_eq!(
+        Some(u.user.as_str()),
+        q.user(),
+        "the upload's user is the chat's user"
+    );
+    assert!(
+        u.user.contains(&format!("{}-alice", r.sdk.prefix())),
+        "{u:?}"
+    );
+    assert_eq!(
+        (u.filename.as_str(), u.mime.as_str()),
+        ("image.png", "image/png")
+    );
+    assert_eq!(&u.bytes[1..4], b"PNG");
+
+    let v = r.ok("pdf_file");
+    assert_eq!(v["content"], FILES_ANSWER, "{v:#}");
+    let q = sent(&r.prompt("pdf: summarise it."));
+    assert_eq!(q.body["files"][0]["type"], "document", "{}", q.body);
+    let u = upload(&q.body["files"][0]["upload_file_id"]);
+    let filename = format!("{}-report.pdf", r.sdk.prefix());
+    assert_eq!(
+        (u.filename.as_str(), u.mime.as_str()),
+        (filename.as_str(), "application/pdf")
+    );
+    assert!(u.bytes.starts_with(b"%PDF-1.4"));
+
+    let e = r.raised("image_too_large");
+    assert_eq!(e["status"], 413, "{e:#}");
+    assert_eq!(e["code"], "file_too_large", "{e:#}");
+    assert_eq!(e["param"], "messages[0].content[1]", "{e:#}");
+    assert!(
+        files
+            .iter()
+            .all(|q| !q.query().unwrap_or("").contains("too large")),
+        "nothing reached Dify: {:#?}",
+        summary(&files)
+    );
+
+    let v = r.ok("image_multi_turn");
+    assert_eq!(
+        (v["first"].as_str(), v["second"].as_str()),
+        (Some(FILES_ANSWER), Some(FILES_ANSWER)),
+        "{v:#}"
+    );
+    let one = sent(&r.prompt("image turn one."));
+    let two = sent(&r.prompt("image turn two."));
+    assert_eq!(one.conversation_id(), None);
+    // image_url, pdf_file, then the image turn: the second turn made no new one.
+    let conversation = dify.conversation_ids(KEY_FILES, &default_user());
+    assert_eq!(conversation.len(), 3, "{conversation:?}");
+    assert_eq!(
+        two.conversation_id(),
+        conversation.last().map(String::as_str),
+        "{:#?}",
+        summary(&files)
+    );
+    assert_eq!(two.query(), Some(r.prompt("image turn two.").as_str()));
+    assert!(
+        two.body.get("files").is_none(),
+        "not sent again: {}",
+        two.body
+    );
+    // Three uploads in all: the base64 image, the PDF, the first image turn.
+    assert_eq!(uploads.len(), 3, "{uploads:#?}");
 }
