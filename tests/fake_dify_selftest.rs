@@ -564,7 +564,7 @@ async fn parameters_serve_the_input_form_and_chat_messages_enforce_it() {
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["user_input_form"], form);
-    assert_eq!(v["file_upload"]["image"]["enabled"], false);
+    assert_eq!(v["file_upload"]["image"]["enabled"], true);
     assert_eq!(fake.parameters_calls(KEY), 1);
 
     let resp = reqwest::Client::new()
@@ -582,4 +582,107 @@ async fn parameters_serve_the_input_form_and_chat_messages_enforce_it() {
                 .to_string()
         )
     );
+}
+
+/// Status, code and message of a Dify error body.
+async fn dify_error(resp: reqwest::Response) -> (u16, String, String) {
+    let (status, text) = error_of(resp).await;
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    let field = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    (status, field("code"), field("message"))
+}
+
+async fn upload(
+    fake: &FakeDify,
+    user: &str,
+    filename: &str,
+    mime: &str,
+    bytes: &[u8],
+) -> reqwest::Response {
+    let form = opendify::dify::multipart::upload_form(user, filename, mime, bytes);
+    reqwest::Client::new()
+        .post(format!("{}/files/upload", fake.base_url()))
+        .bearer_auth(KEY)
+        .header("content-type", form.content_type)
+        .body(form.body)
+        .send()
+        .await
+        .expect("request to the fake failed")
+}
+
+fn with_file(user: &str, file: Value) -> Value {
+    let mut body = chat(user, "What is this?", true);
+    body["files"] = json!([file]);
+    body
+}
+
+#[tokio::test]
+async fn uploads_belong_to_their_user_and_app() {
+    let fake = FakeDify::start().await;
+    fake.set(KEY, Scenario::answer("A dot."));
+    let resp = upload(&fake, USER, "dot.png", "image/png", b"\x89PNG").await;
+    assert_eq!(resp.status(), 201);
+    let stored: Value = resp.json().await.unwrap();
+    let id = stored["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        (stored["name"].as_str(), stored["size"].as_u64()),
+        (Some("dot.png"), Some(4))
+    );
+    assert_eq!(fake.uploads()[0].user, USER);
+
+    let local = json!({"type": "image", "transfer_method": "local_file", "upload_file_id": id});
+    // Another user of the same app may not attach it.
+    let (status, code, msg) =
+        dify_error(post_chat(&fake, KEY, &with_file("user-2", local.clone())).await).await;
+    assert_eq!(
+        (status, code.as_str(), msg.as_str()),
+        (400, "invalid_param", "Invalid upload file id")
+    );
+    // Declared as another type than its extension says.
+    let mut wrong = local.clone();
+    wrong["type"] = json!("document");
+    let (status, _) = error_of(post_chat(&fake, KEY, &with_file(USER, wrong)).await).await;
+    assert_eq!(status, 400);
+    // Its uploader may; on 1.12.x the text chunks then come as `message_file`.
+    let resp = post_chat(&fake, KEY, &with_file(USER, local)).await;
+    assert_eq!(resp.status(), 200);
+    let f = frames(&joined(&chunks(resp).await));
+    assert_eq!(f[0]["event"], "message_file");
+    assert_eq!(f[0]["answer"], "A");
+    let remote = json!({"type": "image", "transfer_method": "remote_url", "url": "ftp://x/y.png"});
+    let (status, _, msg) = dify_error(post_chat(&fake, KEY, &with_file(USER, remote)).await).await;
+    assert_eq!((status, msg.as_str()), (400, "Invalid file url"));
+}
+
+#[tokio::test]
+async fn upload_refusals_look_like_dify() {
+    let fake = FakeDify::start().await;
+    fake.set(KEY, Scenario::answer("x"));
+    let big = vec![0u8; 10 * 1024 * 1024 + 1];
+    let (status, code, msg) =
+        dify_error(upload(&fake, USER, "big.png", "image/png", &big).await).await;
+    assert_eq!(
+        (status, code.as_str(), msg.as_str()),
+        (413, "file_too_large", "")
+    );
+    // The same size is fine for a document (15 MB).
+    assert_eq!(
+        upload(&fake, USER, "big.pdf", "application/pdf", &big)
+            .await
+            .status(),
+        201
+    );
+    let (status, code, _) = dify_error(upload(&fake, USER, "", "image/png", b"x").await).await;
+    assert_eq!((status, code.as_str()), (400, "filename_not_exists_error"));
+    let (status, code, _) = dify_error(upload(&fake, USER, "x.png", "", b"x").await).await;
+    assert_eq!((status, code.as_str()), (415, "unsupported_file_type"));
+    let resp = reqwest::Client::new()
+        .post(format!("{}/files/upload", fake.base_url()))
+        .bearer_auth(KEY)
+        .json(&json!({"user": USER}))
+        .send()
+        .await
+        .unwrap();
+    let (status, code, _) = dify_error(resp).await;
+    assert_eq!((status, code.as_str()), (400, "no_file_uploaded"));
 }

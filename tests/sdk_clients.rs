@@ -52,6 +52,8 @@ const KEY_INPUTS: &str = "app-sdkinputs000000000000001";
 /// Answers whose text opens with `<think>…</think>`, tags cut across Dify's frames;
 /// conversation ids checked like Dify does.
 const KEY_THINKING: &str = "app-sdkthinking0000000000001";
+/// Generated answers, conversation ids and files checked like Dify does.
+const KEY_FILES: &str = "app-sdkfiles0000000000000001";
 const ENDLESS_TASK: &str = "6f1d2c3b-4a5e-4f60-8b7a-9c8d7e6f5a41";
 const ENDLESS_TOKEN: &str = "tick ";
 
@@ -81,11 +83,12 @@ fn model_config() -> String {
         "quota-app": KEY_QUOTA,
         "inputs-app": {"key": KEY_INPUTS, "inputs": {"language": "en"}, "request_inputs": ["topic"]},
         "thinking-app": KEY_THINKING,
+        "files-app": KEY_FILES,
     })
     .to_string()
 }
 
-const ALL_MODELS: [&str; 9] = [
+const ALL_MODELS: [&str; 10] = [
     MODEL,
     "memory-app",
     "busy-app",
@@ -95,6 +98,7 @@ const ALL_MODELS: [&str; 9] = [
     "quota-app",
     "inputs-app",
     "thinking-app",
+    "files-app",
 ];
 
 // ---------------------------------------------------------------------------
@@ -110,6 +114,8 @@ impl Proxy {
             ("MODEL_CONFIG", model_config()),
             ("PROXY_API_KEYS", PROXY_KEY.to_string()),
             ("DIFY_TIMEOUT_SECONDS", "10".to_string()),
+            // Room for an image over Dify's 10 MiB limit in one request (image_too_large).
+            ("MAX_REQUEST_BYTES", "16777216".to_string()),
         ];
         start(&refs(&vars))
     }
@@ -305,10 +311,12 @@ fn set_scenarios(dify: &FakeDify) {
             3,
         )),
     );
+    dify.set(KEY_FILES, Scenario::answer_with_conversations(FILES_ANSWER));
 }
 
 const THINKING: &str = "The user asks about Paris. Answer briefly.\n";
 const ANSWER: &str = "Paris is the capital of France.";
+const FILES_ANSWER: &str = "A red dot on white.";
 
 fn requests_for(dify: &FakeDify, key: &str) -> Vec<Recorded> {
     dify.requests()
@@ -372,6 +380,7 @@ async fn exercise(sdk: Sdk) {
     check_midstream_error(&report, &dify);
     check_cancel(&report, &dify, stop);
     check_retries(&report, &dify);
+    check_files(&report, &dify);
     if let Sdk::Python = sdk {
         check_structured_output_refused(&report, &dify);
         check_required_input(&report, &dify);
@@ -788,4 +797,119 @@ async fn python_openai_sdk_against_the_binary() {
 #[tokio::test]
 async fn node_openai_sdk_against_the_binary() {
     exercise(Sdk::Node).await;
+}
+
+/// Images and files through the SDKs' own types: a remote image, a base64 image uploaded
+/// as the chat's user, a PDF, a too-large image refused before Dify, and a second turn
+/// after an image turn that continues the same conversation without uploading again.
+fn check_files(r: &Report, dify: &FakeDify) {
+    let files = requests_for(dify, KEY_FILES);
+    let sent = |prompt: &str| -> Recorded {
+        let found: Vec<&Recorded> = files
+            .iter()
+            .filter(|q| q.query().is_some_and(|t| t.starts_with(prompt)))
+            .collect();
+        assert_eq!(found.len(), 1, "{prompt}: {:#?}", summary(&files));
+        found[0].clone()
+    };
+    let uploads: Vec<support::Upload> = dify
+        .uploads()
+        .into_iter()
+        .filter(|u| u.key == KEY_FILES)
+        .collect();
+    let upload = |id: &Value| -> support::Upload {
+        uploads
+            .iter()
+            .find(|u| Some(u.id.as_str()) == id.as_str())
+            .unwrap_or_else(|| panic!("no upload {id}: {uploads:#?}"))
+            .clone()
+    };
+
+    let v = r.ok("image_url");
+    assert_eq!(v["content"], FILES_ANSWER, "{v:#}");
+    let q = sent(&r.prompt("image url: what is this?"));
+    assert_eq!(
+        q.query(),
+        Some(format!("{}\n[image]", r.prompt("image url: what is this?")).as_str())
+    );
+    assert_eq!(
+        q.body["files"],
+        serde_json::json!([{"type": "image", "transfer_method": "remote_url",
+            "url": format!("https://images.example/{}-cat.png", r.sdk.prefix())}])
+    );
+
+    let v = r.ok("image_base64");
+    assert_eq!(v["content"], FILES_ANSWER, "{v:#}");
+    let q = sent(&r.prompt("image base64: describe it."));
+    assert_eq!(
+        q.body["files"][0]["transfer_method"], "local_file",
+        "{}",
+        q.body
+    );
+    let u = upload(&q.body["files"][0]["upload_file_id"]);
+    assert_eq!(
+        Some(u.user.as_str()),
+        q.user(),
+        "the upload's user is the chat's user"
+    );
+    assert!(
+        u.user.contains(&format!("{}-alice", r.sdk.prefix())),
+        "{u:?}"
+    );
+    assert_eq!(
+        (u.filename.as_str(), u.mime.as_str()),
+        ("image.png", "image/png")
+    );
+    assert_eq!(&u.bytes[1..4], b"PNG");
+
+    let v = r.ok("pdf_file");
+    assert_eq!(v["content"], FILES_ANSWER, "{v:#}");
+    let q = sent(&r.prompt("pdf: summarise it."));
+    assert_eq!(q.body["files"][0]["type"], "document", "{}", q.body);
+    let u = upload(&q.body["files"][0]["upload_file_id"]);
+    let filename = format!("{}-report.pdf", r.sdk.prefix());
+    assert_eq!(
+        (u.filename.as_str(), u.mime.as_str()),
+        (filename.as_str(), "application/pdf")
+    );
+    assert!(u.bytes.starts_with(b"%PDF-1.4"));
+
+    let e = r.raised("image_too_large");
+    assert_eq!(e["status"], 413, "{e:#}");
+    assert_eq!(e["code"], "file_too_large", "{e:#}");
+    assert_eq!(e["param"], "messages[0].content[1]", "{e:#}");
+    assert!(
+        files
+            .iter()
+            .all(|q| !q.query().unwrap_or("").contains("too large")),
+        "nothing reached Dify: {:#?}",
+        summary(&files)
+    );
+
+    let v = r.ok("image_multi_turn");
+    assert_eq!(
+        (v["first"].as_str(), v["second"].as_str()),
+        (Some(FILES_ANSWER), Some(FILES_ANSWER)),
+        "{v:#}"
+    );
+    let one = sent(&r.prompt("image turn one."));
+    let two = sent(&r.prompt("image turn two."));
+    assert_eq!(one.conversation_id(), None);
+    // image_url, pdf_file, then the image turn: the second turn made no new one.
+    let conversation = dify.conversation_ids(KEY_FILES, &default_user());
+    assert_eq!(conversation.len(), 3, "{conversation:?}");
+    assert_eq!(
+        two.conversation_id(),
+        conversation.last().map(String::as_str),
+        "{:#?}",
+        summary(&files)
+    );
+    assert_eq!(two.query(), Some(r.prompt("image turn two.").as_str()));
+    assert!(
+        two.body.get("files").is_none(),
+        "not sent again: {}",
+        two.body
+    );
+    // Three uploads in all: the base64 image, the PDF, the first image turn.
+    assert_eq!(uploads.len(), 3, "{uploads:#?}");
 }

@@ -158,8 +158,13 @@ impl DifyDecoder {
                     };
                     out.push(Piece::File { kind, url });
                 }
-                // Old builds sent plain text chunks as `message_file` with an answer.
-                (_, Some(answer)) if !answer.is_empty() => self.text(answer, out),
+                // Dify 1.12.x sends a message's text chunks as `message_file` events with
+                // an `answer` (and no `url`) once the message has a file, a user's upload
+                // included: they are the answer, as a `message` would be.
+                (_, Some(answer)) if !answer.is_empty() && !self.repeats_agent_text(&answer) => {
+                    self.saw_message = true;
+                    self.text(answer, out);
+                }
                 _ => {}
             },
             Event::MessageReplace { answer } => {

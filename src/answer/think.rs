@@ -4,6 +4,8 @@
 //! so text is held back only while it may still be (part of) a tag, and every other byte
 //! goes out once, as reasoning or as answer.
 
+use std::borrow::Cow;
+
 use super::Piece;
 
 /// A longer opening (leading whitespace, a `<details>` tag's attributes) is not thinking:
@@ -166,7 +168,12 @@ impl ThinkSplitter {
 
 /// The answer without its leading thinking block: what a client that shows the thinking
 /// apart (Open WebUI) keeps, and sends back as history.
-pub fn answer_part(visible: &str) -> String {
+pub fn answer_part(visible: &str) -> Cow<'_, str> {
+    // Only a text opening with a tag can hold a thinking block: any other answer is taken
+    // as it is, never copied (it can be tens of MiB).
+    if !visible.trim_start().starts_with('<') {
+        return Cow::Borrowed(visible);
+    }
     let mut splitter = ThinkSplitter::new();
     let mut pieces = Vec::new();
     splitter.push(visible.to_string(), &mut pieces);
@@ -177,7 +184,7 @@ pub fn answer_part(visible: &str) -> String {
             answer.push_str(&text);
         }
     }
-    answer
+    Cow::Owned(answer)
 }
 
 fn opening(held: &str) -> Opening {

@@ -9,8 +9,9 @@ use futures_util::{Stream, StreamExt};
 use url::Url;
 
 use super::error::DifyError;
+use super::multipart::upload_form;
 use super::sse::EventDecoder;
-use super::types::{ChatMessageRequest, DifyEvent, ErrorResponse, RunRequest};
+use super::types::{ChatMessageRequest, DifyEvent, ErrorResponse, RunRequest, UploadedFile};
 use crate::apps::{AppMode, InfoResponse};
 use crate::telemetry::error_chain;
 
@@ -135,6 +136,49 @@ impl DifyClient {
             deadline: tokio::time::Instant::now() + self.limits.total,
             read: 0,
         })
+    }
+
+    /// `POST /files/upload` (multipart) as `user`, who alone may then attach it; returns
+    /// the upload id (Dify answers 201). Bounded by the configured timeout, body included.
+    pub async fn upload(
+        &self,
+        app_key: &str,
+        user: &str,
+        filename: &str,
+        mime: &str,
+        bytes: &[u8],
+    ) -> Result<String, DifyError> {
+        let url = self.url("files/upload")?;
+        let form = upload_form(user, filename, mime, bytes);
+        let send = self
+            .http
+            .post(url)
+            .bearer_auth(app_key)
+            .header(reqwest::header::CONTENT_TYPE, form.content_type)
+            .body(form.body)
+            .send();
+        let response = match tokio::time::timeout(self.timeout, send).await {
+            Err(_) => return Err(DifyError::Timeout(self.timeout)),
+            Ok(Err(e)) if e.is_timeout() => return Err(DifyError::Timeout(self.timeout)),
+            Ok(Err(e)) => return Err(DifyError::Unreachable(error_chain(&e))),
+            Ok(Ok(r)) => r,
+        };
+        let status = response.status();
+        if !status.is_success() {
+            return Err(self.http_error(response).await);
+        }
+        let body = tokio::time::timeout(self.timeout, read_limited(response, MAX_ERROR_BODY))
+            .await
+            .unwrap_or_default();
+        match serde_json::from_slice::<UploadedFile>(&body) {
+            Ok(file) if !file.id.is_empty() => Ok(file.id),
+            _ => Err(DifyError::Http {
+                status: status.as_u16(),
+                code: String::new(),
+                message: format!("HTTP {status} without an uploaded file's id"),
+                retry_after: None,
+            }),
+        }
     }
 
     /// Stops the task through its app's stop endpoint (`POST /chat-messages/{task_id}/stop`

@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod error;
+pub mod multipart;
 /// `GET /parameters`: an app's input form and file-upload settings.
 pub mod parameters;
 pub mod sse;

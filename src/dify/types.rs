@@ -16,6 +16,48 @@ pub struct ChatMessageRequest {
     /// `false` for throwaway conversations: Dify then spends no model call on a title.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auto_generate_name: Option<bool>,
+    /// The new message's files (images, documents, ...).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<DifyFile>,
+}
+
+/// One entry of `files`: fetched by Dify from a URL, or uploaded before
+/// (`POST /files/upload`) by the same `user`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DifyFile {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub transfer_method: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_file_id: Option<String>,
+}
+
+impl DifyFile {
+    pub fn remote(kind: &'static str, url: String) -> Self {
+        Self {
+            kind,
+            transfer_method: "remote_url",
+            url: Some(url),
+            upload_file_id: None,
+        }
+    }
+
+    pub fn uploaded(kind: &'static str, id: String) -> Self {
+        Self {
+            kind,
+            transfer_method: "local_file",
+            url: None,
+            upload_file_id: Some(id),
+        }
+    }
+}
+
+/// The part of `POST /files/upload`'s 201 answer we read.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UploadedFile {
+    pub id: String,
 }
 
 /// `POST /completion-messages` and `POST /workflows/run` body: the user's text is one of
@@ -25,6 +67,9 @@ pub struct RunRequest {
     pub inputs: Map<String, Value>,
     pub response_mode: &'static str,
     pub user: String,
+    /// A completion app's files (a workflow's go in its file input variable).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<DifyFile>,
 }
 
 /// Body of any non-2xx Dify response.

@@ -111,6 +111,40 @@ fn from_dify_code(model: &str, status: Option<u16>, code: &str, message: &str) -
         )
         .no_retry(),
         (_, "completion_request_error") => provider_failure(model, message, &quoted),
+        // `POST /files/upload`: the route names the file (`param`) in front of these.
+        (_, "file_too_large") => ClientError::new(
+            S::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            Some("file_too_large"),
+            format!(
+                "Dify refused the file as too large (its upload limit for this type of file is lower than Dify's default).{quoted}"
+            ),
+        )
+        .no_retry(),
+        (_, "unsupported_file_type") => ClientError::new(
+            S::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            Some("unsupported_file_type"),
+            format!("Dify does not accept this type of file.{quoted}"),
+        )
+        .no_retry(),
+        (_, "file_extension_blocked") => ClientError::new(
+            S::BAD_REQUEST,
+            "invalid_request_error",
+            Some("file_extension_blocked"),
+            format!("Dify does not accept files with this extension.{quoted}"),
+        )
+        .no_retry(),
+        // The proxy builds the upload: these mean Dify and the proxy disagree on its form.
+        (_, "no_file_uploaded" | "too_many_files" | "filename_not_exists_error") => {
+            ClientError::new(
+                S::BAD_GATEWAY,
+                "server_error",
+                Some("dify_upload_rejected"),
+                format!("Dify did not take the proxy's upload of the file ({code}).{quoted}"),
+            )
+            .no_retry()
+        }
         (_, "not_found") if message.contains("Conversation") => ClientError::new(
             S::NOT_FOUND,
             "invalid_request_error",
@@ -357,6 +391,26 @@ mod tests {
             ),
             (http(400, "bad_request", "x"), 502, "dify_rejected_request"),
             (http(413, "file_too_large", ""), 413, "file_too_large"),
+            (
+                http(415, "unsupported_file_type", "File type not allowed."),
+                415,
+                "unsupported_file_type",
+            ),
+            (
+                http(400, "file_extension_blocked", "x"),
+                400,
+                "file_extension_blocked",
+            ),
+            (
+                http(400, "no_file_uploaded", "Please upload your file."),
+                502,
+                "dify_upload_rejected",
+            ),
+            (
+                http(400, "too_many_files", "Only one file is allowed."),
+                502,
+                "dify_upload_rejected",
+            ),
             (
                 http(500, "internal_server_error", "x"),
                 502,

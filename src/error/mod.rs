@@ -41,6 +41,22 @@ pub enum ApiError {
     PayloadTooLarge {
         limit: usize,
     },
+    /// An attached file over Dify's size limit for its type, refused before it is sent.
+    FileTooLarge {
+        message: String,
+        param: String,
+    },
+    /// An attached file of a type that cannot be sent where it was put.
+    UnsupportedFile {
+        message: String,
+        param: String,
+    },
+    /// Dify refused to take an attached file (`POST /files/upload`); `param` names it.
+    Upload {
+        model: String,
+        param: String,
+        error: Box<DifyError>,
+    },
     Dify {
         model: String,
         error: DifyError,
@@ -164,6 +180,22 @@ impl From<&ApiError> for ClientError {
                 Some("request_too_large"),
                 format!("The request body is larger than the limit of {limit} bytes."),
             ),
+            ApiError::FileTooLarge { message, param } => {
+                let mut c = ClientError::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", Some("file_too_large"), message.clone());
+                c.body.error.param = Some(param.clone());
+                c.no_retry()
+            }
+            ApiError::UnsupportedFile { message, param } => {
+                let mut c = ClientError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_request_error", Some("unsupported_file_type"), message.clone());
+                c.body.error.param = Some(param.clone());
+                c.no_retry()
+            }
+            ApiError::Upload { model, param, error } => {
+                let mut c = dify::from_dify(model, error, false);
+                c.body.error.message = format!("{param}: {}", c.body.error.message);
+                c.body.error.param = Some(param.clone());
+                c
+            }
             ApiError::Dify { model, error } => dify::from_dify(model, error, false),
             ApiError::PreviousResponseNotFound { id } => {
                 let mut c = ClientError::new(

@@ -2,6 +2,8 @@
 //! and the `/chat-messages` body they become. Pure. Chat completions here; the Responses
 //! API's input in `responses`.
 
+/// Files in the new message → Dify files; placeholders for files of earlier ones.
+pub mod files;
 /// The app's `inputs`: configured defaults, the request's own, the required ones.
 pub mod inputs;
 /// A Responses API request's `input` and `instructions` → a [`Turn`].
@@ -9,7 +11,12 @@ pub mod responses;
 /// Parameters a Dify app cannot honour, refused when the client forces them.
 pub mod unsupported;
 
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+
 use serde_json::{Map, Value};
+
+use self::files::{Attachment, FileType};
 
 use crate::dify::types::{ChatMessageRequest, RunRequest};
 use crate::error::ApiError;
@@ -29,9 +36,17 @@ pub struct Turn {
     pub user: String,
     /// The app's input variables (`inputs::merge`): defaults and what the request set.
     pub inputs: Map<String, Value>,
+    /// The new message's files; its text holds a placeholder for each ([`files::placeholder`]).
+    pub files: Vec<Attachment>,
 }
 
 impl Turn {
+    /// The Dify file types the turn attaches: what the app's upload settings
+    /// (`/parameters` `file_upload`) must allow, or Dify drops the files silently.
+    pub fn file_types(&self) -> BTreeSet<FileType> {
+        self.files.iter().map(|f| f.kind).collect()
+    }
+
     /// The Dify `query` for a new conversation: the message alone when there is no
     /// history, otherwise a readable transcript ending with it, so that no context is lost.
     pub fn folded_query(&self) -> String {
@@ -90,6 +105,12 @@ impl Turn {
             user: self.user.clone(),
             conversation_id: continued,
             auto_generate_name: None,
+            // Inline files are uploaded (and so replaced by their upload ids) before this.
+            files: self
+                .files
+                .iter()
+                .filter_map(Attachment::dify_file)
+                .collect(),
         }
     }
 }
@@ -107,7 +128,28 @@ impl Turn {
             inputs,
             response_mode: "streaming",
             user: self.user.clone(),
+            files: self
+                .files
+                .iter()
+                .filter_map(Attachment::dify_file)
+                .collect(),
         }
+    }
+
+    /// A workflow takes files in an input variable: the (uploaded) files move there, one
+    /// file object for a `file` variable, a list for a `file-list` one.
+    pub fn files_into_input(&mut self, field: &crate::dify::parameters::FormField) {
+        let files: Vec<_> = std::mem::take(&mut self.files)
+            .iter()
+            .filter_map(Attachment::dify_file)
+            .collect();
+        let value = if field.kind == "file-list" {
+            serde_json::to_value(files)
+        } else {
+            serde_json::to_value(files.into_iter().next())
+        };
+        self.inputs
+            .insert(field.variable.clone(), value.unwrap_or_default());
     }
 }
 
@@ -168,11 +210,13 @@ pub fn to_turn(
         })?;
 
     let mut message = String::new();
+    let mut files = Vec::new();
     let mut history = Vec::with_capacity(request.messages.len().saturating_sub(1));
     for (i, m) in request.messages.iter().enumerate() {
         let text = content_text(m.content.as_ref(), i, m.role)?;
         if i == last_user {
             message = text;
+            files = files::attachments(m.content.as_ref(), &format!("messages[{i}].content"))?;
         } else {
             let text = history_text(m.role, text);
             if !text.trim().is_empty() {
@@ -191,6 +235,7 @@ pub fn to_turn(
         history,
         user: end_user(request, user_header),
         inputs: Map::new(),
+        files,
     })
 }
 
@@ -199,13 +244,14 @@ pub fn to_turn(
 /// part of the conversation Dify holds, nor of the answer recorded for it.
 pub(crate) fn history_text(role: Role, text: String) -> String {
     if role == Role::Assistant && text.trim_start().starts_with('<') {
-        crate::answer::think::answer_part(&text)
+        crate::answer::think::answer_part(&text).into_owned()
     } else {
         text
     }
 }
 
-/// A message's text: a string, or the text parts of an array joined by newlines.
+/// A message's text: a string, or the text parts of an array joined by newlines, with a
+/// placeholder for each file part.
 fn content_text(content: Option<&Value>, i: usize, role: Role) -> Result<String, ApiError> {
     let param = format!("messages[{i}].content");
     match content {
@@ -218,7 +264,7 @@ fn content_text(content: Option<&Value>, i: usize, role: Role) -> Result<String,
                 let kind = part.get("type").and_then(Value::as_str);
                 match kind {
                     Some("text") => match part.get("text") {
-                        Some(Value::String(t)) => texts.push(t.as_str()),
+                        Some(Value::String(t)) => texts.push(Cow::Borrowed(t.as_str())),
                         _ => {
                             return Err(ApiError::bad_request(
                                 format!("{param}[{j}] is a text part without a string `text`."),
@@ -228,13 +274,16 @@ fn content_text(content: Option<&Value>, i: usize, role: Role) -> Result<String,
                     },
                     Some("refusal") if role == Role::Assistant => {
                         if let Some(t) = part.get("refusal").and_then(Value::as_str) {
-                            texts.push(t);
+                            texts.push(Cow::Borrowed(t));
                         }
+                    }
+                    Some(kind) if let Some(placeholder) = files::placeholder(kind, part) => {
+                        texts.push(Cow::Owned(placeholder));
                     }
                     Some(other) => {
                         return Err(ApiError::bad_request(
                             format!(
-                                "{param}[{j}] has type `{other}`, which this proxy does not support yet: send text parts only."
+                                "{param}[{j}] has type `{other}`, which this proxy does not support: send text, `image_url`, `file` or `input_audio` parts."
                             ),
                             Some(format!("{param}[{j}].type")),
                         ));
@@ -349,8 +398,8 @@ mod tests {
         let (msg, _) = bad(json!({"model":"m","messages":[{"role":"system","content":"x"}]}));
         assert!(msg.contains("no message with role `user`"), "{msg}");
         let (msg, param) = bad(json!({"model":"m","messages":[{"role":"user","content":[
-            {"type":"text","text":"x"},{"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]}));
-        assert!(msg.contains("type `image_url`"), "{msg}");
+            {"type":"text","text":"x"},{"type":"video_url","video_url":{"url":"https://x/y.mp4"}}]}]}));
+        assert!(msg.contains("type `video_url`"), "{msg}");
         assert_eq!(param.as_deref(), Some("messages[0].content[1].type"));
         let (_, param) = bad(json!({"model":"m","messages":[{"role":"user","content":5}]}));
         assert_eq!(param.as_deref(), Some("messages[0].content"));
@@ -386,5 +435,72 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.folded_query(), "User: a\n\nUser: b");
+    }
+
+    #[test]
+    fn files_of_the_new_message_are_attached_and_stand_in_its_text() {
+        let first = json!({"role":"user","content":[
+            {"type":"text","text":"What is this?"},
+            {"type":"image_url","image_url":{"url":"https://x.test/cat.png"}},
+            {"type":"file","file":{"filename":"report.pdf","file_data":"data:application/pdf;base64,JVBERi0xLjQ="}}]});
+        let t = to_turn(
+            &request(json!({"model":"m","messages":[first.clone()]})),
+            None,
+        )
+        .unwrap();
+        assert_eq!(t.message, "What is this?\n[image]\n[file: report.pdf]");
+        assert_eq!(
+            t.file_types().into_iter().collect::<Vec<_>>(),
+            [FileType::Image, FileType::Document]
+        );
+        // Only the remote image can go before the upload step.
+        let body = serde_json::to_value(t.chat_message(None, false)).unwrap();
+        assert_eq!(
+            body["files"],
+            json!([{"type":"image","transfer_method":"remote_url","url":"https://x.test/cat.png"}])
+        );
+
+        // The next turn: the same message is history now, with the same text (so the
+        // conversation digest matches) and nothing attached again.
+        let next = to_turn(
+            &request(json!({"model":"m","messages":[
+                first, {"role":"assistant","content":"A cat."}, {"role":"user","content":"Sure?"}]})),
+            None,
+        )
+        .unwrap();
+        assert_eq!(next.history[0], (Role::User, t.message.clone()));
+        assert!(next.files.is_empty());
+        assert_eq!(
+            next.folded_query(),
+            "User: What is this?\n[image]\n[file: report.pdf]\n\nAssistant: A cat.\n\nUser: Sure?"
+        );
+        let body = serde_json::to_value(next.chat_message(None, false)).unwrap();
+        assert!(body.get("files").is_none(), "{body}");
+    }
+
+    #[test]
+    fn an_image_alone_is_a_message() {
+        let t = to_turn(
+            &request(json!({"model":"m","messages":[{"role":"user","content":[
+                {"type":"image_url","image_url":{"url":"https://x.test/cat.png"}}]}]})),
+            None,
+        )
+        .unwrap();
+        assert_eq!(t.message, "[image]");
+        assert_eq!(t.files.len(), 1);
+    }
+
+    #[test]
+    fn broken_files_in_earlier_messages_are_only_placeholders() {
+        // Never decoded or refused again: they were checked when they were new.
+        let t = to_turn(
+            &request(json!({"model":"m","messages":[
+                {"role":"user","content":[{"type":"image_url","image_url":{"url":"data:nonsense"}}]},
+                {"role":"user","content":"next"}]})),
+            None,
+        )
+        .unwrap();
+        assert_eq!(t.history, [(Role::User, "[image]".to_string())]);
+        assert!(t.files.is_empty());
     }
 }

@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 
+use super::files::{self, Attachment, MAX_FILES};
 use super::{Turn, first_user};
 use crate::error::ApiError;
 use crate::openai::Role;
@@ -44,29 +45,54 @@ pub fn end_user(request: &ResponsesRequest, user_header: Option<&str>) -> String
 
 /// The request's turn. `continues`: it continues a stored response, whose conversation
 /// Dify holds already: every input item is new then, so all of them (not only the last
-/// user message) become the query, and `instructions` are not re-sent.
+/// user message) become the query, their files included, and `instructions` are not
+/// re-sent.
 pub fn to_turn(
     request: &ResponsesRequest,
     user_header: Option<&str>,
     continues: bool,
 ) -> Result<Turn, ApiError> {
-    let mut messages = input_messages(request.input.as_ref())?;
-    let last_user = messages
+    let items = input_messages(request.input.as_ref())?;
+    let last_user = items
         .iter()
-        .rposition(|(role, _)| *role == Role::User)
+        .rposition(|item| item.role == Role::User)
         .ok_or_else(|| {
             ApiError::bad_request(
                 "`input` has no user message: there is nothing to answer.",
                 Some("input".into()),
             )
         })?;
-    if messages[last_user].1.trim().is_empty() {
+    if items[last_user].text.trim().is_empty() {
         return Err(ApiError::bad_request(
             "The last user message of `input` has no text.",
             Some("input".into()),
         ));
     }
     let user = end_user(request, user_header);
+    let new_items = if continues {
+        0..items.len()
+    } else {
+        last_user..last_user + 1
+    };
+    let mut files = Vec::new();
+    for item in &items[new_items] {
+        if item.role == Role::User {
+            files.extend(item.attachments()?);
+        }
+    }
+    if let Some(extra) = files.get(MAX_FILES) {
+        return Err(ApiError::bad_request(
+            format!(
+                "{}: a request may attach at most {MAX_FILES} files.",
+                extra.part
+            ),
+            Some(extra.part.clone()),
+        ));
+    }
+    let mut messages: Vec<(Role, String)> = items
+        .into_iter()
+        .map(|item| (item.role, item.text))
+        .collect();
     if continues {
         let message = if messages.len() == 1 {
             messages.remove(0).1
@@ -76,6 +102,7 @@ pub fn to_turn(
                 history: messages,
                 user: String::new(),
                 inputs: Default::default(),
+                files: Vec::new(),
             }
             .folded_query()
         };
@@ -84,6 +111,7 @@ pub fn to_turn(
             history: Vec::new(),
             user,
             inputs: Default::default(),
+            files,
         });
     }
     let message = messages.remove(last_user).1;
@@ -101,14 +129,37 @@ pub fn to_turn(
         history,
         user,
         inputs: Default::default(),
+        files,
     })
 }
 
-/// `input` as (role, text) messages, in order. Reasoning items a client echoes back are
-/// skipped; tool items and files are refused, naming the item.
-fn input_messages(input: Option<&Value>) -> Result<Vec<(Role, String)>, ApiError> {
+/// One message of `input`: its text (file parts as placeholders), and where its files are.
+struct Item<'a> {
+    role: Role,
+    text: String,
+    content: Option<&'a Value>,
+    /// `input[i]`.
+    param: String,
+}
+
+impl Item<'_> {
+    fn attachments(&self) -> Result<Vec<Attachment>, ApiError> {
+        files::attachments(self.content, &format!("{}.content", self.param))
+    }
+}
+
+/// `input` as messages, in order. Reasoning items a client echoes back are skipped; tool
+/// items are refused, naming the item.
+fn input_messages(input: Option<&Value>) -> Result<Vec<Item<'_>>, ApiError> {
     let items = match input {
-        Some(Value::String(text)) => return Ok(vec![(Role::User, text.clone())]),
+        Some(Value::String(text)) => {
+            return Ok(vec![Item {
+                role: Role::User,
+                text: text.clone(),
+                content: None,
+                param: "input".into(),
+            }]);
+        }
         Some(Value::Array(items)) if !items.is_empty() => items,
         Some(Value::Array(_)) | None | Some(Value::Null) => {
             return Err(ApiError::bad_request(
@@ -165,13 +216,20 @@ fn input_messages(input: Option<&Value>) -> Result<Vec<(Role, String)>, ApiError
                 ));
             }
         };
-        let text = content_text(item.get("content"), &param, role)?;
-        messages.push((role, super::history_text(role, text)));
+        let content = item.get("content");
+        let text = super::history_text(role, content_text(content, &param, role)?);
+        messages.push(Item {
+            role,
+            text,
+            content,
+            param,
+        });
     }
     Ok(messages)
 }
 
-/// A message item's text: a string, or its text parts joined by newlines.
+/// A message item's text: a string, or its text parts joined by newlines, with a
+/// placeholder for each file part.
 fn content_text(content: Option<&Value>, item: &str, role: Role) -> Result<String, ApiError> {
     let param = format!("{item}.content");
     let parts = match content {
@@ -190,13 +248,17 @@ fn content_text(content: Option<&Value>, item: &str, role: Role) -> Result<Strin
         let field = match kind {
             Some("input_text" | "output_text" | "text") => "text",
             Some("refusal") if role == Role::Assistant => "refusal",
-            Some(other @ ("input_image" | "input_file" | "input_audio")) => {
+            Some("input_audio") => {
                 return Err(ApiError::bad_request(
                     format!(
-                        "{param}[{j}] is an `{other}` part, which this proxy does not support yet: send text parts only."
+                        "{param}[{j}] is an `input_audio` part, which this proxy does not support here: send audio as an `input_file` with a data: URI."
                     ),
                     Some(format!("{param}[{j}]")),
                 ));
+            }
+            Some(kind @ ("input_image" | "input_file")) => {
+                texts.push(files::placeholder(kind, part).unwrap_or_default());
+                continue;
             }
             Some(other) => {
                 return Err(ApiError::bad_request(
@@ -214,7 +276,7 @@ fn content_text(content: Option<&Value>, item: &str, role: Role) -> Result<Strin
             }
         };
         match part.get(field) {
-            Some(Value::String(t)) => texts.push(t.as_str()),
+            Some(Value::String(t)) => texts.push(t.clone()),
             _ => {
                 return Err(ApiError::bad_request(
                     format!("{param}[{j}] has no string `{field}`."),
@@ -357,7 +419,7 @@ mod tests {
             ),
             (
                 json!({"model":"m","input":[{"role":"user","content":[{"type":"input_text","text":"x"},
-                {"type":"input_image","image_url":"https://x/y.png"}]}]}),
+                {"type":"input_audio","input_audio":{"data":"aGk=","format":"mp3"}}]}]}),
                 "input[0].content[1]",
             ),
             (
@@ -378,5 +440,34 @@ mod tests {
             json!({"model":"m","input":"x","tools":[],"background":false,"conversation":null}),
         );
         assert!(check_supported(&r).is_ok());
+    }
+
+    #[test]
+    fn input_files_of_the_new_message_are_attached() {
+        let first = json!({"role":"user","content":[
+            {"type":"input_text","text":"Summarise"},
+            {"type":"input_file","filename":"r.pdf","file_data":"data:application/pdf;base64,JVBERi0xLjQ="}]});
+        let t = turn(json!({"model":"m","input":[first.clone()]}), false);
+        assert_eq!(t.message, "Summarise\n[file: r.pdf]");
+        assert_eq!(t.files.len(), 1);
+        assert_eq!(t.files[0].part, "input[0].content[1]");
+        let next = turn(
+            json!({"model":"m","input":[first, {"role":"assistant","content":"Done."},
+                {"role":"user","content":[{"type":"input_image","image_url":"https://x.test/b.png"}]}]}),
+            false,
+        );
+        assert_eq!(next.history[0], (Role::User, t.message.clone()));
+        assert_eq!(next.message, "[image]");
+        assert_eq!(next.files.len(), 1);
+        assert_eq!(next.files[0].part, "input[2].content[0]");
+        // Continuing a response: every new item's files go.
+        let cont = turn(
+            json!({"model":"m","previous_response_id":"resp_1","input":[
+                {"role":"user","content":[{"type":"input_image","image_url":"https://x.test/a.png"}]},
+                {"role":"user","content":[{"type":"input_image","image_url":"https://x.test/b.png"}]}]}),
+            true,
+        );
+        assert_eq!(cont.files.len(), 2);
+        assert_eq!(cont.message, "User: [image]\n\nUser: [image]");
     }
 }

@@ -10,6 +10,7 @@ use axum::response::Response;
 use super::answer::AnswerRun;
 use super::blocking::complete_answer;
 use super::extract::OpenAiJson;
+use super::files::{check_files, upload_files};
 use super::inputs;
 use super::models::visible_models;
 use super::stream::stream_answer;
@@ -59,6 +60,12 @@ pub async fn create(
         request.metadata.as_ref().and_then(|m| m.get("inputs")),
     )?;
     let mode = app_mode(&state, &request.model, model).await?;
+    // Before the conversation is claimed: a refused file leaves the chat as it was.
+    let file_variable = check_files(&state, model, mode, &request.model, &turn).await?;
+    upload_files(&state, model.app_key.expose(), &request.model, &mut turn).await?;
+    if let Some(field) = file_variable {
+        turn.files_into_input(&field);
+    }
 
     let chat_id = chat_id(&headers, &state, metadata_str(&request, "chat_id"));
     let thread = if mode.has_conversations() {

@@ -12,6 +12,8 @@ mod chat;
 mod error;
 /// The JSON body extractor with OpenAI-shaped rejections.
 mod extract;
+/// The upload step: a turn's inline files to Dify before its answer starts.
+mod files;
 /// The required-input check before a new conversation.
 mod inputs;
 /// `GET /v1/models`.

@@ -13,6 +13,7 @@ use super::answer::AnswerRun;
 use super::blocking::complete_answer;
 use super::chat::{Gone, USER_HEADER, allowed_model, app_mode, chat_id, start_answer};
 use super::extract::OpenAiJson;
+use super::files::{check_files, upload_files};
 use super::inputs;
 use super::stream::stream_answer;
 use crate::answer::DifyDecoder;
@@ -75,6 +76,12 @@ pub async fn create(
             ),
             Some("previous_response_id".into()),
         ));
+    }
+    // Before the conversation is claimed: a refused file leaves it as it was.
+    let file_variable = check_files(&state, model, mode, &request.model, &turn).await?;
+    upload_files(&state, model.app_key.expose(), &request.model, &mut turn).await?;
+    if let Some(field) = file_variable {
+        turn.files_into_input(&field);
     }
     let scoped = |id: &str| response_key(tenant.as_str(), &request.model, &turn.user, id);
 

@@ -649,3 +649,69 @@ async fn cold_start_lookups_are_concurrent_and_bounded() {
         slow.elapsed.as_millis()
     );
 }
+
+#[tokio::test]
+async fn a_workflow_takes_attached_files_in_its_file_input() {
+    const PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==";
+    let image = |url: &str| json!({"type": "image_url", "image_url": {"url": url}});
+    let app = spawn("").await;
+    app.dify.set_input_form(
+        FLOW_KEY,
+        json!([
+            {"paragraph": {"variable": "question", "label": "Question", "required": true}},
+            {"file-list": {"variable": "photos", "label": "Photos", "required": true}}
+        ]),
+    );
+    app.dify.set_app(
+        FLOW_KEY,
+        "workflow",
+        workflow(WorkflowSpec::new(
+            &["Two cats."],
+            json!({"text": "Two cats."}),
+        )),
+    );
+    let body = json!({"model": "flow", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "How many cats?"},
+        image("https://images.example/cats.png"),
+        image(&format!("data:image/png;base64,{PNG}")),
+    ]}]});
+    let (status, _, c) = app.chat(body).await;
+    assert_eq!(status, 200, "{c}");
+    assert_eq!(c["choices"][0]["message"]["content"], "Two cats.");
+    let uploads = app.dify.uploads();
+    assert_eq!(uploads.len(), 1);
+    let sent = &app.dify.app_requests()[0].body;
+    assert_eq!(
+        sent["inputs"]["photos"],
+        json!([
+            {"type": "image", "transfer_method": "remote_url", "url": "https://images.example/cats.png"},
+            {"type": "image", "transfer_method": "local_file", "upload_file_id": uploads[0].id}
+        ])
+    );
+    assert_eq!(
+        sent["inputs"]["question"],
+        "How many cats?\n[image]\n[image]"
+    );
+    assert!(sent.get("files").is_none(), "{sent}");
+
+    // A workflow without a file input says so instead of dropping the files.
+    app.dify.set_input_form(FLOW_KEY, json!([]));
+    let app = spawn("").await;
+    app.dify.set_app(
+        FLOW_KEY,
+        "workflow",
+        workflow(WorkflowSpec::new(&["x"], json!({}))),
+    );
+    let body = json!({"model": "flow", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "How many cats?"}, image("https://images.example/cats.png")]}]});
+    let (status, _, e) = app.chat(body).await;
+    assert_eq!(status, 400, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is a Dify workflow with no file input"),
+        "{e}"
+    );
+    assert!(app.dify.app_requests().is_empty());
+}

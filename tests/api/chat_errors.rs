@@ -60,8 +60,8 @@ async fn malformed_requests_are_400_saying_what_is_wrong() {
         (br#"{"model":"my-app","messages":[{"role":"user","content":"hi"}],"stream":"yes"}"#.to_vec(), "`stream`", Some("stream")),
         (br#"{"model":"my-app","messages":[{"content":"hi"}]}"#.to_vec(), "missing field `role`", Some("messages[0]")),
         (
-            br#"{"model":"my-app","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}}]}]}"#.to_vec(),
-            "type `image_url`",
+            br#"{"model":"my-app","messages":[{"role":"user","content":[{"type":"video_url","video_url":{"url":"https://x.test/a.mp4"}}]}]}"#.to_vec(),
+            "type `video_url`",
             Some("messages[0].content[0].type"),
         ),
         (b"{\"model\":\"my-app\",\"messages\":[{\"role\":\"user\",\"content\":\"\xff\xfe\"}]}".to_vec(), "not valid JSON", None),

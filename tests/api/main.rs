@@ -12,6 +12,7 @@ mod chat_blocking;
 mod chat_errors;
 mod chat_stream;
 mod conversations;
+mod files;
 mod hardening;
 mod inputs;
 mod linear;

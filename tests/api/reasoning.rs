@@ -236,7 +236,7 @@ fn assert_continued(app: &TestApp, reqs: &[crate::support::Recorded], case: &str
 
 /// What Open WebUI keeps of an answer: the text after a leading thinking block.
 fn open_webui(content: &str) -> String {
-    opendify::answer::think::answer_part(content)
+    opendify::answer::think::answer_part(content).into_owned()
 }
 
 #[tokio::test]

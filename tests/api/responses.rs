@@ -424,7 +424,7 @@ async fn what_a_dify_app_cannot_do_is_refused_by_name() {
             "background",
         ),
         (
-            json!({"model": MODEL, "input": [{"role": "user", "content": [{"type": "input_image", "image_url": "https://example.com/a.png"}]}]}),
+            json!({"model": MODEL, "input": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "aGk=", "format": "mp3"}}]}]}),
             "input[0].content[0]",
         ),
         (

@@ -43,7 +43,14 @@ const MODELS = {
   endless: 'endless-app', // a stream that runs until /stop
   quota: 'quota-app', // a Dify 429 rate_limit_error (quota exhausted)
   thinking: 'thinking-app', // answers opening with <think>…</think>, tags cut across frames
+  files: 'files-app', // generated answers, files checked like Dify (1.12.x chunks)
 };
+
+// A 1x1 PNG and a tiny PDF, as base64.
+const PNG_B64 =
+  'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==';
+const PDF_B64 = 'JVBERi0xLjQKJeLjz9MKMSAwIG9iago8PD4+CmVuZG9iagp0cmFpbGVyCjw8Pj4KJSVFT0YK';
+const imagePart = (url) => ({ type: 'image_url', image_url: { url } });
 
 const TIMEOUT_MS = 10_000;
 const LINGER_MS = 1000;
@@ -363,6 +370,88 @@ const CASES = {
       return { raised: errorSummary(e), seconds: (performance.now() - started) / 1000 };
     }
     return { unexpected: 'no exception' };
+  },
+
+  async image_url() {
+    const completion = await client().chat.completions.create({
+      model: MODELS.files,
+      messages: [
+        {
+          role: 'user',
+          content: [
+            { type: 'text', text: 'node image url: what is this?' },
+            { type: 'image_url', image_url: { url: 'https://images.example/node-cat.png', detail: 'low' } },
+          ],
+        },
+      ],
+    });
+    return completionSummary(completion);
+  },
+
+  async image_base64() {
+    const stream = await client().chat.completions.create({
+      model: MODELS.files,
+      stream: true,
+      user: 'node-alice',
+      messages: [
+        {
+          role: 'user',
+          content: [
+            { type: 'text', text: 'node image base64: describe it.' },
+            imagePart(`data:image/png;base64,${PNG_B64}`),
+          ],
+        },
+      ],
+    });
+    let content = '';
+    for await (const chunk of stream) {
+      content += chunk.choices[0]?.delta?.content ?? '';
+    }
+    return { content };
+  },
+
+  async pdf_file() {
+    const completion = await client().chat.completions.create({
+      model: MODELS.files,
+      messages: [
+        {
+          role: 'user',
+          content: [
+            { type: 'text', text: 'node pdf: summarise it.' },
+            { type: 'file', file: { filename: 'node-report.pdf', file_data: `data:application/pdf;base64,${PDF_B64}` } },
+          ],
+        },
+      ],
+    });
+    return completionSummary(completion);
+  },
+
+  async image_too_large() {
+    const big = 'data:image/png;base64,' + 'A'.repeat(Math.floor((10 * 1024 * 1024 + 3) / 3) * 4);
+    try {
+      await client().chat.completions.create({
+        model: MODELS.files,
+        messages: [{ role: 'user', content: [{ type: 'text', text: 'node too large' }, imagePart(big)] }],
+      });
+    } catch (e) {
+      return { raised: errorSummary(e) };
+    }
+    return { unexpected: 'no exception' };
+  },
+
+  async image_multi_turn() {
+    const first = {
+      role: 'user',
+      content: [{ type: 'text', text: 'node image turn one.' }, imagePart(`data:image/png;base64,${PNG_B64}`)],
+    };
+    const c = client();
+    const one = await c.chat.completions.create({ model: MODELS.files, messages: [first] });
+    const answer = one.choices[0].message.content;
+    const two = await c.chat.completions.create({
+      model: MODELS.files,
+      messages: [first, { role: 'assistant', content: answer }, user('node image turn two.')],
+    });
+    return { first: answer, second: two.choices[0].message.content };
   },
 
   async no_retry_quota() {

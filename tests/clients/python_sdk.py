@@ -47,7 +47,14 @@ MODELS = {
     "quota": "quota-app",  # a Dify 429 rate_limit_error (quota exhausted)
     "inputs": "inputs-app",  # an app with a required input `topic` (Python only)
     "thinking": "thinking-app",  # answers opening with <think>…</think>, tags cut across frames
+    "files": "files-app",  # generated answers, files checked like Dify (1.12.x chunks)
 }
+
+# A 1x1 PNG and a tiny PDF, as base64.
+PNG_B64 = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
+PDF_B64 = "JVBERi0xLjQKJeLjz9MKMSAwIG9iago8PD4+CmVuZG9iagp0cmFpbGVyCjw8Pj4KJSVFT0YK"
 
 TIMEOUT_SECONDS = 10.0
 LINGER_SECONDS = 1.0
@@ -380,6 +387,88 @@ def case_required_input_via_extra_body():
     )
     out["content"] = completion.choices[0].message.content
     return out
+def image_part(url: str) -> dict:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def case_image_url():
+    completion = client().chat.completions.create(
+        model=MODELS["files"],
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "py image url: what is this?"},
+                    {"type": "image_url", "image_url": {"url": "https://images.example/py-cat.png", "detail": "low"}},
+                ],
+            }
+        ],
+    )
+    return completion_summary(completion)
+
+
+def case_image_base64():
+    stream = client().chat.completions.create(
+        model=MODELS["files"],
+        stream=True,
+        user="py-alice",
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "py image base64: describe it."},
+                    image_part(f"data:image/png;base64,{PNG_B64}"),
+                ],
+            }
+        ],
+    )
+    return {"content": "".join(c.choices[0].delta.content or "" for c in stream if c.choices)}
+
+
+def case_pdf_file():
+    completion = client().chat.completions.create(
+        model=MODELS["files"],
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "py pdf: summarise it."},
+                    {
+                        "type": "file",
+                        "file": {"filename": "py-report.pdf", "file_data": f"data:application/pdf;base64,{PDF_B64}"},
+                    },
+                ],
+            }
+        ],
+    )
+    return completion_summary(completion)
+
+
+def case_image_too_large():
+    big = "data:image/png;base64," + "A" * ((10 * 1024 * 1024 + 3) // 3 * 4)
+    try:
+        client().chat.completions.create(
+            model=MODELS["files"],
+            messages=[{"role": "user", "content": [{"type": "text", "text": "py too large"}, image_part(big)]}],
+        )
+    except Exception as e:  # noqa: BLE001
+        return {"raised": error_summary(e)}
+    return {"unexpected": "no exception"}
+
+
+def case_image_multi_turn():
+    first = {
+        "role": "user",
+        "content": [{"type": "text", "text": "py image turn one."}, image_part(f"data:image/png;base64,{PNG_B64}")],
+    }
+    c = client()
+    one = c.chat.completions.create(model=MODELS["files"], messages=[first])
+    answer = one.choices[0].message.content
+    two = c.chat.completions.create(
+        model=MODELS["files"],
+        messages=[first, {"role": "assistant", "content": answer}, user("py image turn two.")],
+    )
+    return {"first": answer, "second": two.choices[0].message.content}
 
 
 CASES = {
@@ -405,6 +494,11 @@ CASES = {
     "no_retry_quota": case_no_retry_quota,
     "structured_output_refused": case_structured_output_refused,
     "required_input_via_extra_body": case_required_input_via_extra_body,
+    "image_url": case_image_url,
+    "image_base64": case_image_base64,
+    "pdf_file": case_pdf_file,
+    "image_too_large": case_image_too_large,
+    "image_multi_turn": case_image_multi_turn,
 }
 
 

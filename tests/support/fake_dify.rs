@@ -4,6 +4,7 @@
 //! `tests/fixtures/dify/README.md` and the shared `dify-api.md`):
 //!
 //! - `POST /v1/chat-messages` with `Authorization: Bearer <app key>`;
+//! - `POST /v1/files/upload` and the `files` of a chat message (see `fake_dify_files.rs`);
 //! - `POST /v1/chat-messages/{task_id}/stop`, which always answers 200
 //!   `{"result": "success"}` once the key and `user` are valid (after
 //!   [`FakeDify::set_stop_delay`], if one is set);
@@ -48,9 +49,13 @@ pub use apps::{AppRequest, AppRun, AppStop, WorkflowSpec};
 #[path = "fake_dify_reasoning.rs"]
 mod reasoning;
 pub use reasoning::Script;
+/// `/files/upload`, `files` in chat messages, the 1.12.x `message_file` quirk.
+#[path = "fake_dify_files.rs"]
+mod files;
 /// `/parameters` and the input-form check.
 #[path = "fake_dify_params.rs"]
 mod params;
+pub use files::Upload;
 
 /// Folder holding the Dify wire fixtures.
 pub const FIXTURE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dify/");
@@ -447,6 +452,10 @@ impl FakeDify {
             )
             .route("/v1/parameters", get(params::parameters))
             .route(
+                "/v1/files/upload",
+                post(files::upload).fallback(method_not_allowed),
+            )
+            .route(
                 "/v1/conversations/{id}",
                 delete(delete_conversation).fallback(method_not_allowed),
             )
@@ -642,6 +651,8 @@ struct Data {
     /// See [`FakeDify::hold_answers_until`].
     hold_until: usize,
     apps: apps::AppsData,
+    /// See `fake_dify_files.rs`.
+    files: files::FileStore,
 }
 
 struct TaskEntry {
@@ -797,10 +808,20 @@ async fn chat_messages(State(st): State<Arc<Shared>>, headers: HeaderMap, body: 
     if let Some(response) = st.params.check_inputs(&key, &map) {
         return response;
     }
+    let has_files = match files::check_chat_files(&st, &key, &user, &map) {
+        Ok(has_files) => has_files,
+        Err(response) => return *response,
+    };
     let Some(scenario) = st.next_scenario(&key) else {
         return unauthorized(MSG_BAD_TOKEN);
     };
-    run_scenario(&st, Request { key, user, args }, scenario).await
+    let req = Request {
+        key,
+        user,
+        args,
+        has_files,
+    };
+    run_scenario(&st, req, scenario).await
 }
 
 /// What both endpoints check first, in Dify's order: a known app key, a JSON object
@@ -926,6 +947,8 @@ struct Request {
     key: String,
     user: String,
     args: ChatArgs,
+    /// The message attaches files (valid ones).
+    has_files: bool,
 }
 
 async fn run_scenario(st: &Arc<Shared>, req: Request, scenario: Scenario) -> Response {
@@ -1007,7 +1030,8 @@ async fn run_scenario(st: &Arc<Shared>, req: Request, scenario: Scenario) -> Res
             };
             st.remember_conversation(&req.key, &req.user, &conversation_id);
             let task_id = spec.task_id.clone().unwrap_or_else(new_uuid);
-            let g = Generated::new(conversation_id, task_id);
+            let mut g = Generated::new(conversation_id, task_id);
+            g.text_event = files::text_event(st, req.has_files);
             if !req.args.streaming {
                 let body = g.blocking(&spec.text, spec.prompt_tokens, spec.completion_tokens);
                 return plain_response(200, JSON_CONTENT_TYPE, body);
@@ -1269,6 +1293,8 @@ fn word_pieces(text: &str) -> Vec<String> {
 // Generated chat-app frames
 
 struct Generated {
+    /// `message`, or `message_file` for a message with files on Dify 1.12.x.
+    text_event: &'static str,
     conversation_id: String,
     message_id: String,
     task_id: String,
@@ -1278,6 +1304,7 @@ struct Generated {
 impl Generated {
     fn new(conversation_id: String, task_id: String) -> Self {
         Generated {
+            text_event: "message",
             conversation_id,
             message_id: new_uuid(),
             task_id,
@@ -1302,7 +1329,7 @@ impl Generated {
 
     fn message(&self, answer: &str) -> Bytes {
         let s = Style::Orjson;
-        let mut fields = self.head("message", s);
+        let mut fields = self.head(self.text_event, s);
         fields.push(("answer", s.str(answer)));
         fields.push(("from_variable_selector", "null".into()));
         sse_frame(&s.obj(&fields))

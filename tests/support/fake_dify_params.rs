@@ -22,6 +22,8 @@ use std::sync::Arc;
 #[derive(Default)]
 pub(super) struct Params {
     forms: Mutex<HashMap<String, Value>>,
+    /// `file_upload` per app key; by default uploads of every type are on.
+    uploads: Mutex<HashMap<String, Value>>,
     failures: Mutex<HashMap<String, u16>>,
     calls: Mutex<HashMap<String, usize>>,
 }
@@ -78,6 +80,17 @@ impl FakeDify {
             .insert(key.to_string(), status);
     }
 
+    /// The app's `file_upload` settings as `/parameters` reports them (default: every
+    /// type of file on, as in an app with vision and file upload enabled).
+    pub fn set_file_upload(&self, key: &str, file_upload: Value) {
+        let params = &self.shared.params;
+        params
+            .uploads
+            .lock()
+            .unwrap()
+            .insert(key.to_string(), file_upload);
+    }
+
     /// How many `/parameters` calls came with `key`.
     pub fn parameters_calls(&self, key: &str) -> usize {
         let calls = self.shared.params.calls.lock().unwrap();
@@ -114,6 +127,23 @@ pub(super) async fn parameters(State(st): State<Arc<Shared>>, headers: HeaderMap
         .get(&key)
         .cloned()
         .unwrap_or_else(|| json!([]));
+    let file_upload = st
+        .params
+        .uploads
+        .lock()
+        .unwrap()
+        .get(&key)
+        .cloned()
+        .unwrap_or_else(|| {
+            json!({
+                "image": {"enabled": true, "number_limits": 3, "transfer_methods": ["remote_url", "local_file"]},
+                "enabled": true,
+                "allowed_file_types": ["image", "document", "audio", "video"],
+                "allowed_file_extensions": [],
+                "allowed_file_upload_methods": ["remote_url", "local_file"],
+                "number_limits": 10
+            })
+        });
     let body = json!({
         "opening_statement": "",
         "suggested_questions": [],
@@ -125,14 +155,7 @@ pub(super) async fn parameters(State(st): State<Arc<Shared>>, headers: HeaderMap
         "more_like_this": {"enabled": false},
         "sensitive_word_avoidance": {"enabled": false},
         "user_input_form": form,
-        "file_upload": {
-            "image": {"enabled": false, "number_limits": 3, "transfer_methods": ["remote_url", "local_file"]},
-            "enabled": false,
-            "allowed_file_types": [],
-            "allowed_file_extensions": [],
-            "allowed_file_upload_methods": [],
-            "number_limits": 0
-        },
+        "file_upload": file_upload,
         "system_parameters": {
             "image_file_size_limit": 10,
             "video_file_size_limit": 100,

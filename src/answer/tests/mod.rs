@@ -3,6 +3,7 @@
 //! share in `responses`.
 
 mod apps;
+mod files;
 mod reasoning;
 mod responses;
 

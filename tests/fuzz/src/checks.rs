@@ -46,8 +46,15 @@ fn responses_request(data: &[u8]) {
                 assert!(query.ends_with(&turn.message));
             }
             Err(e) => {
+                // Refused by field: a bad request, or an attached file too large (413) or
+                // of a type that cannot go there (415).
                 assert!(
-                    matches!(e, ApiError::BadRequest { param: Some(_), .. }),
+                    matches!(
+                        e,
+                        ApiError::BadRequest { param: Some(_), .. }
+                            | ApiError::FileTooLarge { .. }
+                            | ApiError::UnsupportedFile { .. }
+                    ),
                     "{e:?}"
                 );
                 check_client_error(&e);
@@ -105,7 +112,12 @@ pub fn request(data: &[u8]) {
             Ok(turn) => turn,
             Err(e) => {
                 assert!(
-                    matches!(e, ApiError::BadRequest { .. }),
+                    matches!(
+                        e,
+                        ApiError::BadRequest { .. }
+                            | ApiError::FileTooLarge { .. }
+                            | ApiError::UnsupportedFile { .. }
+                    ),
                     "to_turn gave {e:?}"
                 );
                 check_client_error(&e);
