@@ -20,6 +20,8 @@ const DETAILS: &str = "<details";
 const SUMMARY: &str = "<summary>";
 const SUMMARY_END: &str = "</summary>";
 const DETAILS_END: &str = "</details>";
+/// Longest summary text of Dify's `<details>` wrapper (it says " Thinking... ").
+const MAX_SUMMARY: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -70,7 +72,15 @@ impl ThinkSplitter {
         match self.state {
             State::Start => {
                 self.held.push_str(&text);
-                match opening(&self.held) {
+                // Decided on the first MAX_OPENER bytes alone, so that however the text is
+                // cut, the decision is the same.
+                let decision = match opening(&self.held) {
+                    Opening::Block { len, .. } | Opening::Empty { len } if len > MAX_OPENER => {
+                        Opening::Plain
+                    }
+                    other => other,
+                };
+                match decision {
                     Opening::NeedMore if self.held.len() <= MAX_OPENER => {}
                     Opening::NeedMore | Opening::Plain => {
                         self.state = State::Answer { leading: false };
@@ -255,11 +265,12 @@ fn details(s: &str) -> Option<Option<usize>> {
         return Some(None);
     }
     let inner = &summary[SUMMARY.len()..];
+    // The wrapper's summary is short: a long one is not the wrapper, whether or not its
+    // end has come yet (the same answer however the text is cut).
     let Some(end) = find_ignore_case(inner, SUMMARY_END) else {
-        // The summary is short; a long one without its end is not the wrapper.
-        return (inner.len() > 64).then_some(None);
+        return (inner.len() >= MAX_SUMMARY + SUMMARY_END.len()).then_some(None);
     };
-    if !starts_with_ignore_case(inner[..end].trim(), "thinking") {
+    if end > MAX_SUMMARY || !starts_with_ignore_case(inner[..end].trim(), "thinking") {
         return Some(None);
     }
     Some(Some(end_tag + ws + SUMMARY.len() + end + SUMMARY_END.len()))
@@ -443,6 +454,22 @@ mod tests {
         splitter.push(" ".repeat(MAX_OPENER + 1), &mut out);
         assert_eq!(out, vec![Piece::Text(" ".repeat(MAX_OPENER + 1))]);
         assert_eq!(split(&[&input]), pair("", &input));
+    }
+
+    #[test]
+    fn decided_the_same_however_cut() {
+        // Found by the `think` fuzz target: a long summary whose end came late.
+        let long = format!(
+            "<details><summary>thinking>{}</summary>x</details>y",
+            "a".repeat(80)
+        );
+        assert_eq!(every_split(&long), pair("", &long));
+        // Whitespace past the limit before a tag.
+        let spaced = format!("{}<think>a</think>b", " ".repeat(MAX_OPENER));
+        assert_eq!(
+            split(&[&spaced[..MAX_OPENER - 2], &spaced[MAX_OPENER - 2..]]),
+            split(&[&spaced])
+        );
     }
 
     #[test]
