@@ -18,6 +18,8 @@ const WRITER_KEY: &str = "app-sdkwriter000000000000001";
 const FLOW_KEY: &str = "app-sdkflow00000000000000001";
 const QUIET_KEY: &str = "app-sdkquiet0000000000000001";
 const BROKEN_KEY: &str = "app-sdkbrokenflow00000000001";
+/// A workflow whose form requires `tone`, which requests may set.
+const FORM_KEY: &str = "app-sdkformflow0000000000001";
 const SUMMARY: &str = "Dify lets you build LLM apps without boilerplate.";
 
 fn root() -> PathBuf {
@@ -44,11 +46,24 @@ async fn proxy(dify: &FakeDify) -> Running {
     failing.status = "failed";
     failing.error = Some("Node Summarise run failed: model quota exceeded".into());
     dify.set_app(BROKEN_KEY, "workflow", AppRun::Workflow(failing));
+    dify.set_app(
+        FORM_KEY,
+        "workflow",
+        AppRun::Workflow(WorkflowSpec::new(&["In a formal tone."], Value::Null)),
+    );
+    dify.set_input_form(
+        FORM_KEY,
+        json!([
+            {"paragraph": {"variable": "article", "label": "Article", "required": true}},
+            {"select": {"variable": "tone", "label": "Tone", "required": true, "options": ["formal", "casual"]}}
+        ]),
+    );
     let vars = [
         ("DIFY_API_BASE", dify.base_url()),
         (
             "MODEL_CONFIG",
-            json!({"writer": WRITER_KEY, "flow": FLOW_KEY, "quiet-flow": QUIET_KEY, "broken-flow": BROKEN_KEY})
+            json!({"writer": WRITER_KEY, "flow": FLOW_KEY, "quiet-flow": QUIET_KEY, "broken-flow": BROKEN_KEY,
+                "form-flow": {"key": FORM_KEY, "request_inputs": ["tone"]}})
                 .to_string(),
         ),
         ("PROXY_API_KEYS", PROXY_KEY.to_string()),
@@ -126,6 +141,25 @@ async fn exercise(name: &str, program: PathBuf, script: &str) {
     let flow = sent.iter().find(|r| r.key == FLOW_KEY).unwrap();
     assert_eq!(flow.path, "workflows/run");
     assert!(dify.requests().is_empty(), "nothing went to /chat-messages");
+
+    // A workflow with a required input: refused without it (naming it), run with it
+    // through `extra_body`, the text in the form's only text field.
+    if name == "python" {
+        let v = report.ok("workflow_required_input");
+        let e = &v["missing"]["raised"];
+        assert_eq!(e["status"], 400, "{v:#}");
+        assert!(
+            e["message"].as_str().unwrap().contains("`tone` (Tone)"),
+            "{v:#}"
+        );
+        assert_eq!(v["text"], "In a formal tone.", "{v:#}");
+        let runs: Vec<_> = sent.iter().filter(|r| r.key == FORM_KEY).collect();
+        assert_eq!(runs.len(), 1, "only the run with its input reached Dify");
+        assert_eq!(
+            runs[0].body["inputs"],
+            json!({"article": "System: Be brief.\n\nUser: py summarise formally", "tone": "formal"})
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -54,6 +54,8 @@ const KEY_INPUTS: &str = "app-sdkinputs000000000000001";
 const KEY_THINKING: &str = "app-sdkthinking0000000000001";
 /// Generated answers, conversation ids and files checked like Dify does.
 const KEY_FILES: &str = "app-sdkfiles0000000000000001";
+/// An app with file upload off (its `/parameters` says so).
+const KEY_NOFILES: &str = "app-sdknofiles00000000000001";
 const ENDLESS_TASK: &str = "6f1d2c3b-4a5e-4f60-8b7a-9c8d7e6f5a41";
 const ENDLESS_TOKEN: &str = "tick ";
 
@@ -84,11 +86,12 @@ fn model_config() -> String {
         "inputs-app": {"key": KEY_INPUTS, "inputs": {"language": "en"}, "request_inputs": ["topic"]},
         "thinking-app": KEY_THINKING,
         "files-app": KEY_FILES,
+        "nofiles-app": KEY_NOFILES,
     })
     .to_string()
 }
 
-const ALL_MODELS: [&str; 10] = [
+const ALL_MODELS: [&str; 11] = [
     MODEL,
     "memory-app",
     "busy-app",
@@ -99,6 +102,7 @@ const ALL_MODELS: [&str; 10] = [
     "inputs-app",
     "thinking-app",
     "files-app",
+    "nofiles-app",
 ];
 
 // ---------------------------------------------------------------------------
@@ -312,6 +316,11 @@ fn set_scenarios(dify: &FakeDify) {
         )),
     );
     dify.set(KEY_FILES, Scenario::answer_with_conversations(FILES_ANSWER));
+    dify.set(KEY_NOFILES, Scenario::answer("ok"));
+    dify.set_file_upload(
+        KEY_NOFILES,
+        serde_json::json!({"image": {"enabled": false}, "enabled": false}),
+    );
 }
 
 const THINKING: &str = "The user asks about Paris. Answer briefly.\n";
@@ -873,6 +882,19 @@ fn check_files(r: &Report, dify: &FakeDify) {
         (filename.as_str(), "application/pdf")
     );
     assert!(u.bytes.starts_with(b"%PDF-1.4"));
+
+    // An app with uploads off: refused (the SDK raises), never an answer that ignores it.
+    let e = r.raised("image_uploads_off");
+    assert_eq!(e["status"], 400, "{e:#}");
+    assert_eq!(e["param"], "messages[0].content[1]", "{e:#}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("`nofiles-app` does not accept images"),
+        "{e:#}"
+    );
+    assert!(requests_for(dify, KEY_NOFILES).is_empty());
 
     let e = r.raised("image_too_large");
     assert_eq!(e["status"], 413, "{e:#}");

@@ -64,6 +64,18 @@ def error_summary(err):
     return out
 
 
+def required_input():
+    try:
+        blocking("form-flow", "summarise formally")
+        missing = {"unexpected": "no exception"}
+    except Exception as e:  # noqa: BLE001
+        missing = {"raised": error_summary(e)}
+    c = CLIENT.chat.completions.create(
+        model="form-flow", messages=messages("summarise formally"), extra_body={"inputs": {"tone": "formal"}}
+    )
+    return {"missing": missing, "text": c.choices[0].message.content}
+
+
 CASES = {
     "completion_blocking": lambda: blocking("writer", "write a greeting"),
     "completion_stream": lambda: streaming("writer", "write a greeting"),
@@ -73,6 +85,7 @@ CASES = {
     "outputs_stream": lambda: streaming("quiet-flow", "summarise the article"),
     "workflow_failed_blocking": lambda: blocking("broken-flow", "summarise the article"),
     "workflow_failed_stream": lambda: streaming("broken-flow", "summarise the article"),
+    "workflow_required_input": required_input,
 }
 
 

@@ -43,6 +43,7 @@ const MODELS = {
   endless: 'endless-app', // a stream that runs until /stop
   quota: 'quota-app', // a Dify 429 rate_limit_error (quota exhausted)
   thinking: 'thinking-app', // answers opening with <think>…</think>, tags cut across frames
+  nofiles: 'nofiles-app', // file upload off in the app
   files: 'files-app', // generated answers, files checked like Dify (1.12.x chunks)
 };
 
@@ -424,6 +425,23 @@ const CASES = {
       ],
     });
     return completionSummary(completion);
+  },
+
+  async image_uploads_off() {
+    try {
+      await client().chat.completions.create({
+        model: MODELS.nofiles,
+        messages: [
+          {
+            role: 'user',
+            content: [{ type: 'text', text: 'node uploads off' }, imagePart(`data:image/png;base64,${PNG_B64}`)],
+          },
+        ],
+      });
+    } catch (e) {
+      return { raised: errorSummary(e) };
+    }
+    return { unexpected: 'no exception' };
   },
 
   async image_too_large() {

@@ -47,6 +47,7 @@ MODELS = {
     "quota": "quota-app",  # a Dify 429 rate_limit_error (quota exhausted)
     "inputs": "inputs-app",  # an app with a required input `topic` (Python only)
     "thinking": "thinking-app",  # answers opening with <think>…</think>, tags cut across frames
+    "nofiles": "nofiles-app",  # file upload off in the app
     "files": "files-app",  # generated answers, files checked like Dify (1.12.x chunks)
 }
 
@@ -444,6 +445,25 @@ def case_pdf_file():
     return completion_summary(completion)
 
 
+def case_image_uploads_off():
+    try:
+        client().chat.completions.create(
+            model=MODELS["nofiles"],
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "py uploads off"},
+                        image_part(f"data:image/png;base64,{PNG_B64}"),
+                    ],
+                }
+            ],
+        )
+    except Exception as e:  # noqa: BLE001
+        return {"raised": error_summary(e)}
+    return {"unexpected": "no exception"}
+
+
 def case_image_too_large():
     big = "data:image/png;base64," + "A" * ((10 * 1024 * 1024 + 3) // 3 * 4)
     try:
@@ -497,6 +517,7 @@ CASES = {
     "image_url": case_image_url,
     "image_base64": case_image_base64,
     "pdf_file": case_pdf_file,
+    "image_uploads_off": case_image_uploads_off,
     "image_too_large": case_image_too_large,
     "image_multi_turn": case_image_multi_turn,
 }
