@@ -10,7 +10,7 @@ use axum::response::Response;
 use super::answer::AnswerRun;
 use super::blocking::complete_answer;
 use super::extract::OpenAiJson;
-use super::files::{check_files, upload_files};
+use super::files::attach_files;
 use super::inputs;
 use super::models::visible_models;
 use super::stream::stream_answer;
@@ -22,7 +22,7 @@ use crate::dify::{DifyError, EventStream, RunningTask};
 use crate::error::ApiError;
 use crate::openai::ChatCompletionRequest;
 use crate::openai::chat::{ChunkEncoder, ChunkMeta, completion};
-use crate::plan::{self, Turn, to_turn, unsupported};
+use crate::plan::{Turn, to_turn, unsupported};
 use crate::state::AppState;
 
 /// Open WebUI's forwarded user header (sent with ENABLE_FORWARD_USER_INFO_HEADERS=true).
@@ -52,20 +52,10 @@ pub async fn create(
     let user_header = headers.get(USER_HEADER).and_then(|v| v.to_str().ok());
     let mut turn = to_turn(&request, user_header)?;
     turn.user = tenant.dify_user(std::mem::take(&mut turn.user));
-    turn.inputs = plan::inputs::merge(
-        &request.model,
-        &model.inputs,
-        &model.request_inputs,
-        request.inputs.as_ref(),
-        request.metadata.as_ref().and_then(|m| m.get("inputs")),
-    )?;
+    let in_metadata = request.metadata.as_ref().and_then(|m| m.get("inputs"));
+    turn.inputs = inputs::merged(model, &request.model, request.inputs.as_ref(), in_metadata)?;
     let mode = app_mode(&state, &request.model, model).await?;
-    // Before the conversation is claimed: a refused file leaves the chat as it was.
-    let file_variable = check_files(&state, model, mode, &request.model, &turn).await?;
-    upload_files(&state, model.app_key.expose(), &request.model, &mut turn).await?;
-    if let Some(field) = file_variable {
-        turn.files_into_input(&field);
-    }
+    attach_files(&state, model, mode, &request.model, &mut turn).await?;
 
     let chat_id = chat_id(&headers, &state, metadata_str(&request, "chat_id"));
     let thread = if mode.has_conversations() {

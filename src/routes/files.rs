@@ -15,7 +15,7 @@ use crate::state::AppState;
 
 /// Uploads the turn's inline files. The first refusal fails the request (and stops the
 /// uploads still running; finished ones stay in Dify, unused).
-pub(super) async fn upload_files(
+async fn upload_files(
     state: &AppState,
     app_key: &str,
     model: &str,
@@ -56,11 +56,29 @@ pub(super) async fn upload_files(
     Ok(())
 }
 
+/// The turn's files, ready for Dify: checked against the app's settings, uploaded, and
+/// for a workflow moved into its file input. Before the conversation is claimed, so a
+/// refused file leaves the chat as it was.
+pub(super) async fn attach_files(
+    state: &AppState,
+    model: &ModelConfig,
+    mode: AppMode,
+    name: &str,
+    turn: &mut Turn,
+) -> Result<(), ApiError> {
+    let file_variable = check_files(state, model, mode, name, turn).await?;
+    upload_files(state, model.app_key.expose(), name, turn).await?;
+    if let Some(field) = file_variable {
+        turn.files_into_input(&field);
+    }
+    Ok(())
+}
+
 /// Refuses files the app would drop (its file upload off, or the type not allowed), from
 /// its `/parameters` (cached); for a workflow, finds the file input variable that takes
 /// them. Unknown when Dify cannot say: a chat or completion app then gets the files and
 /// Dify decides; a workflow cannot, since the variable is unknown.
-pub(super) async fn check_files(
+async fn check_files(
     state: &AppState,
     model: &ModelConfig,
     mode: AppMode,

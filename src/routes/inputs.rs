@@ -11,6 +11,23 @@ use crate::error::ApiError;
 use crate::plan::inputs;
 use crate::state::AppState;
 
+/// The request's inputs over the model's defaults, as far as the model lets a request
+/// set them (see `plan::inputs::merge`).
+pub(super) fn merged(
+    model: &ModelConfig,
+    name: &str,
+    top_level: Option<&Value>,
+    in_metadata: Option<&Value>,
+) -> Result<Map<String, Value>, ApiError> {
+    inputs::merge(
+        name,
+        &model.inputs,
+        &model.request_inputs,
+        top_level,
+        in_metadata,
+    )
+}
+
 /// Refuses a new conversation (or a completion/workflow run) that lacks a required input,
 /// before Dify is called. A continued conversation needs none: Dify keeps the inputs it
 /// started with. The variable the proxy fills with the user's text counts as given. When

@@ -12,9 +12,9 @@ mod chat;
 mod error;
 /// The JSON body extractor with OpenAI-shaped rejections.
 mod extract;
-/// The upload step: a turn's inline files to Dify before its answer starts.
+/// A turn's files: checked against the app's file settings, uploaded, a workflow's input.
 mod files;
-/// The required-input check before a new conversation.
+/// The app's inputs: merged from the model and the request, required ones checked.
 mod inputs;
 /// `GET /v1/models`.
 mod models;

@@ -13,7 +13,7 @@ use super::answer::AnswerRun;
 use super::blocking::complete_answer;
 use super::chat::{Gone, USER_HEADER, allowed_model, app_mode, chat_id, start_answer};
 use super::extract::OpenAiJson;
-use super::files::{check_files, upload_files};
+use super::files::attach_files;
 use super::inputs;
 use super::stream::stream_answer;
 use crate::answer::DifyDecoder;
@@ -59,13 +59,8 @@ pub async fn create(
     let user_header = headers.get(USER_HEADER).and_then(|v| v.to_str().ok());
     let mut turn = to_turn(&request, user_header, previous.is_some())?;
     turn.user = tenant.dify_user(std::mem::take(&mut turn.user));
-    turn.inputs = crate::plan::inputs::merge(
-        &request.model,
-        &model.inputs,
-        &model.request_inputs,
-        request.inputs.as_ref(),
-        request.metadata.as_ref().and_then(|m| m.get("inputs")),
-    )?;
+    let in_metadata = request.metadata.as_ref().and_then(|m| m.get("inputs"));
+    turn.inputs = inputs::merged(model, &request.model, request.inputs.as_ref(), in_metadata)?;
     let mode = app_mode(&state, &request.model, model).await?;
     if previous.is_some() && !mode.has_conversations() {
         return Err(ApiError::bad_request(
@@ -77,12 +72,7 @@ pub async fn create(
             Some("previous_response_id".into()),
         ));
     }
-    // Before the conversation is claimed: a refused file leaves it as it was.
-    let file_variable = check_files(&state, model, mode, &request.model, &turn).await?;
-    upload_files(&state, model.app_key.expose(), &request.model, &mut turn).await?;
-    if let Some(field) = file_variable {
-        turn.files_into_input(&field);
-    }
+    attach_files(&state, model, mode, &request.model, &mut turn).await?;
     let scoped = |id: &str| response_key(tenant.as_str(), &request.model, &turn.user, id);
 
     let (thread, gone) = match previous {
