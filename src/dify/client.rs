@@ -87,20 +87,9 @@ impl DifyClient {
     /// `GET /info`: the app's name, description and mode, bounded by the configured
     /// timeout.
     pub async fn info(&self, app_key: &str) -> Result<InfoResponse, DifyError> {
-        let url = self.url("info")?;
-        let send = self.http.get(url).bearer_auth(app_key).send();
-        let response = match tokio::time::timeout(self.timeout, send).await {
-            Err(_) => return Err(DifyError::Timeout(self.timeout)),
-            Ok(Err(e)) if e.is_timeout() => return Err(DifyError::Timeout(self.timeout)),
-            Ok(Err(e)) => return Err(DifyError::Unreachable(error_chain(&e))),
-            Ok(Ok(r)) => r,
-        };
-        if !response.status().is_success() {
-            return Err(self.http_error(response).await);
-        }
-        let body = tokio::time::timeout(self.timeout, read_limited(response, MAX_ERROR_BODY))
-            .await
-            .map_err(|_| DifyError::Timeout(self.timeout))?;
+        let body = self
+            .get_body("info", app_key, self.timeout, MAX_ERROR_BODY)
+            .await?;
         serde_json::from_slice(&body)
             .map_err(|e| DifyError::Stream(format!("Dify's /info answer is unreadable: {e}")))
     }
@@ -112,22 +101,8 @@ impl DifyClient {
         request: &impl serde::Serialize,
     ) -> Result<EventStream, DifyError> {
         let url = self.url(mode.run_path())?;
-        let send = self
-            .http
-            .post(url)
-            .bearer_auth(app_key)
-            .json(request)
-            .send();
-        let response = match tokio::time::timeout(self.timeout, send).await {
-            Err(_) => return Err(DifyError::Timeout(self.timeout)),
-            Ok(Err(e)) if e.is_timeout() => return Err(DifyError::Timeout(self.timeout)),
-            Ok(Err(e)) => return Err(DifyError::Unreachable(error_chain(&e))),
-            Ok(Ok(r)) => r,
-        };
-        let status = response.status();
-        if !status.is_success() {
-            return Err(self.http_error(response).await);
-        }
+        let send = self.http.post(url).bearer_auth(app_key).json(request);
+        let response = self.send(send, self.timeout).await?;
         Ok(EventStream {
             body: Box::pin(response.bytes_stream()),
             decoder: EventDecoder::new(),
@@ -155,18 +130,9 @@ impl DifyClient {
             .post(url)
             .bearer_auth(app_key)
             .header(reqwest::header::CONTENT_TYPE, form.content_type)
-            .body(form.body)
-            .send();
-        let response = match tokio::time::timeout(self.timeout, send).await {
-            Err(_) => return Err(DifyError::Timeout(self.timeout)),
-            Ok(Err(e)) if e.is_timeout() => return Err(DifyError::Timeout(self.timeout)),
-            Ok(Err(e)) => return Err(DifyError::Unreachable(error_chain(&e))),
-            Ok(Ok(r)) => r,
-        };
+            .body(form.body);
+        let response = self.send(send, self.timeout).await?;
         let status = response.status();
-        if !status.is_success() {
-            return Err(self.http_error(response).await);
-        }
         let body = tokio::time::timeout(self.timeout, read_limited(response, MAX_ERROR_BODY))
             .await
             .unwrap_or_default();
@@ -237,6 +203,40 @@ impl DifyClient {
             ),
             Err(_) => tracing::warn!("deleting a background task's Dify conversation timed out"),
         }
+    }
+
+    /// Sends `request` within `timeout`; a non-success answer is Dify's error.
+    pub(super) async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, DifyError> {
+        let response = match tokio::time::timeout(timeout, request.send()).await {
+            Err(_) => return Err(DifyError::Timeout(timeout)),
+            Ok(Err(e)) if e.is_timeout() => return Err(DifyError::Timeout(timeout)),
+            Ok(Err(e)) => return Err(DifyError::Unreachable(error_chain(&e))),
+            Ok(Ok(r)) => r,
+        };
+        if !response.status().is_success() {
+            return Err(self.http_error(response).await);
+        }
+        Ok(response)
+    }
+
+    /// `GET path` with the app's key: the body, at most `limit` bytes, all within
+    /// `timeout` (each half: the head, then the body).
+    pub(super) async fn get_body(
+        &self,
+        path: &str,
+        app_key: &str,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<Vec<u8>, DifyError> {
+        let request = self.http.get(self.url(path)?).bearer_auth(app_key);
+        let response = self.send(request, timeout).await?;
+        tokio::time::timeout(timeout, read_limited(response, limit))
+            .await
+            .map_err(|_| DifyError::Timeout(timeout))
     }
 
     pub(super) fn url(&self, path: &str) -> Result<Url, DifyError> {

@@ -11,7 +11,6 @@ use serde_json::Value;
 
 use super::client::DifyClient;
 use super::error::DifyError;
-use crate::telemetry::error_chain;
 
 /// Longest wait for `/parameters`: it runs before a new conversation's first answer.
 const PARAMETERS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -116,24 +115,10 @@ fn form_field(item: &Value) -> Option<FormField> {
 impl DifyClient {
     /// `GET /parameters` with the app's key, within [`PARAMETERS_TIMEOUT`].
     pub async fn parameters(&self, app_key: &str) -> Result<AppParameters, DifyError> {
-        let url = self.url("parameters")?;
         let timeout = PARAMETERS_TIMEOUT.min(self.timeout);
-        let send = self.http.get(url).bearer_auth(app_key).send();
-        let response = match tokio::time::timeout(timeout, send).await {
-            Err(_) => return Err(DifyError::Timeout(timeout)),
-            Ok(Err(e)) if e.is_timeout() => return Err(DifyError::Timeout(timeout)),
-            Ok(Err(e)) => return Err(DifyError::Unreachable(error_chain(&e))),
-            Ok(Ok(r)) => r,
-        };
-        if !response.status().is_success() {
-            return Err(self.http_error(response).await);
-        }
-        let body = tokio::time::timeout(
-            timeout,
-            super::client::read_limited(response, MAX_PARAMETERS_BODY),
-        )
-        .await
-        .map_err(|_| DifyError::Timeout(timeout))?;
+        let body = self
+            .get_body("parameters", app_key, timeout, MAX_PARAMETERS_BODY)
+            .await?;
         AppParameters::parse(&body)
             .map_err(|e| DifyError::Stream(format!("unreadable /parameters answer: {e}")))
     }
