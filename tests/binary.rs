@@ -259,13 +259,15 @@ async fn conversation_continues_across_a_cold_start() {
         let history = json!([{"role":"user","content":"I am Ada."},{"role":"assistant","content":a1},{"role":"user","content":"Who am I?"}]);
         let (status, _) = ask_as(&second.url, history, chat, Some(user)).await;
         assert_eq!(status, 200);
-        let conversation = dify.conversation_ids(APP_KEY, user);
+        // Dify knows the end user behind the key's tag.
+        let dify_user = opendify::config::Tenant::of_key(PROXY_KEY).dify_user(user.to_string());
+        let conversation = dify.conversation_ids(APP_KEY, &dify_user);
         assert_eq!(conversation.len(), 1, "{user}");
         let turn2 = dify
             .requests()
             .into_iter()
             .rev()
-            .find(|r| r.user() == Some(user))
+            .find(|r| r.user() == Some(dify_user.as_str()))
             .unwrap();
         assert_eq!(
             turn2.conversation_id(),

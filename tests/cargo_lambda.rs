@@ -811,7 +811,10 @@ async fn smoke_script_passes_against_the_function_url() {
         .filter(|r| r.conversation_id().is_some())
         .collect();
     assert_eq!(continued.len(), 1, "{requests:#?}");
-    let issued = dify.conversation_ids(APP_KEY, "opendify-smoke");
+    let issued = dify.conversation_ids(
+        APP_KEY,
+        &opendify::config::Tenant::of_key(PROXY_KEY).dify_user("opendify-smoke".to_string()),
+    );
     assert_eq!(
         continued[0].conversation_id(),
         issued.last().map(String::as_str),

@@ -956,7 +956,7 @@ async fn with_max_concurrency_64_queued_invocations_stream_at_once() {
     // Continuity: one Dify conversation per chat, continued by its second turn.
     let requests = dify.requests();
     for chat in 0..STREAMS {
-        let user = format!("user-{chat}");
+        let user = opendify::config::Tenant::of_key(PROXY_KEY).dify_user(format!("user-{chat}"));
         let ids = dify.conversation_ids(APP_KEY, &user);
         let mine: Vec<_> = requests
             .iter()

@@ -175,7 +175,7 @@ async fn concurrent_conversations_lose_nothing() {
     let requests = dify.requests();
     let mut wrong = Vec::new();
     for i in 0..conversations {
-        let user = format!("user-{i}");
+        let user = opendify::config::Tenant::of_key(PROXY_KEY).dify_user(format!("user-{i}"));
         let ids = dify.conversation_ids(APP_KEY, &user);
         let mine: Vec<_> = requests
             .iter()

@@ -600,7 +600,8 @@ fn check_plain_chats(r: &Report, dify: &FakeDify) {
 /// Two turns of one conversation: by chat-id header (`multi_turn`, the key's default user) and,
 /// with no chat id, by history matching (`history_matching`, its own user).
 fn check_multi_turn(r: &Report, dify: &FakeDify) {
-    let history_user = format!("{}-history-user", r.sdk.prefix());
+    let history_user = opendify::config::Tenant::of_key(PROXY_KEY)
+        .dify_user(format!("{}-history-user", r.sdk.prefix()));
     let chat_user = default_user();
     for (case, user, turn1, turn2) in [
         (
@@ -734,7 +735,8 @@ fn check_midstream_error(r: &Report, dify: &FakeDify) {
 fn check_cancel(r: &Report, dify: &FakeDify, stop: Option<(support::StopCall, f64)>) {
     let v = r.ok("cancel_stream");
     assert_eq!(v["first_content"], ENDLESS_TOKEN, "{v:#}");
-    let user = format!("{}-cancel-user", r.sdk.prefix());
+    let user = opendify::config::Tenant::of_key(PROXY_KEY)
+        .dify_user(format!("{}-cancel-user", r.sdk.prefix()));
     let seen = requests_for(dify, KEY_ENDLESS);
     assert_eq!(seen.len(), 1, "{:#?}", summary(&seen));
     assert_eq!(seen[0].user(), Some(user.as_str()));

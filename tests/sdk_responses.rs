@@ -674,7 +674,8 @@ fn check_three_turns(r: &Report, dify: &FakeDify) {
     assert_eq!(t3["previous_response_id"], t2["id"], "{v:#}");
     assert!(t1["id"] != t2["id"] && t2["id"] != t3["id"], "{v:#}");
 
-    let user = format!("{}-turns-user", r.client.prefix());
+    let user = opendify::config::Tenant::of_key(PROXY_KEY)
+        .dify_user(format!("{}-turns-user", r.client.prefix()));
     let seen: Vec<Recorded> = requests_for(dify, KEY_MEMORY)
         .into_iter()
         .filter(|q| q.user() == Some(user.as_str()))
@@ -818,7 +819,8 @@ fn check_midstream(r: &Report, dify: &FakeDify) {
 fn check_cancel(r: &Report, dify: &FakeDify, stop_at: Option<f64>) {
     let v = r.ok("cancel_stream");
     assert_eq!(v["first_delta"], ENDLESS_TOKEN, "{v:#}");
-    let user = format!("{}-cancel-user", r.client.prefix());
+    let user = opendify::config::Tenant::of_key(PROXY_KEY)
+        .dify_user(format!("{}-cancel-user", r.client.prefix()));
     let seen = requests_for(dify, KEY_ENDLESS);
     assert_eq!(seen.len(), 1, "{:#?}", summary(&seen));
     assert_eq!(seen[0].user(), Some(user.as_str()), "safety_identifier");

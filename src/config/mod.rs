@@ -102,40 +102,88 @@ pub struct ProxyKey {
 
 /// Which proxy key a request came with, as a digest of the key: every conversation store
 /// key starts from it, so the callers of one key never continue another key's
-/// conversations (same user, chat id or history notwithstanding).
-#[derive(Debug, Clone)]
-pub struct Tenant(Arc<str>);
+/// conversations (same user, chat id or history notwithstanding). It also names the key
+/// in Dify's user names ([`Tenant::dify_user`]) by a short tag.
+#[derive(Clone)]
+pub struct Tenant {
+    id: Arc<str>,
+    /// `k` and 8 hex digits of a slow, salted derivation of the key; None without keys.
+    tag: Option<Arc<str>>,
+}
+
+/// Rounds of the tag's derivation: each guess of a key costs this many SHA-256 blocks to
+/// test against a tag seen in Dify, instead of one (a few ms per key at startup).
+const TAG_ROUNDS: u32 = 1 << 14;
+
+impl fmt::Debug for Tenant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tenant")
+            .field("tag", &self.tag.as_deref().unwrap_or("open"))
+            .finish_non_exhaustive()
+    }
+}
 
 impl Tenant {
     /// Requests without a key (`ALLOW_UNAUTHENTICATED=true`) share one tenant.
     pub fn open() -> Self {
-        Self(Arc::from("open"))
+        Self {
+            id: Arc::from("open"),
+            tag: None,
+        }
     }
 
     pub fn of_key(key: &str) -> Self {
         use sha2::{Digest, Sha256};
         let digest = Sha256::digest(format!("opendify-tenant\0{key}").as_bytes());
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        Self(Arc::from(format!("key:{hex}")))
+        Self {
+            id: Arc::from(format!("key:{hex}")),
+            tag: Some(Arc::from(key_tag(key))),
+        }
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.id
     }
 
-    /// The Dify `user` for a request of this tenant: the end user the client named, else
-    /// (none named, or the default's own name) a user of the tenant's own, so the callers
-    /// of different proxy keys stay apart in Dify too. Derived from the key's digest:
-    /// nothing of the key can be read from it.
+    /// The Dify `user` for a request of this tenant. Dify keys its users, their
+    /// conversations, files and per-user memory by this name alone, so each proxy key
+    /// gets its own: the end user the client named behind the key's tag (`k1a2b3c4d-alice`,
+    /// readable in Dify's logs), or, none named, a user of the key's own
+    /// (`opendify-k1a2b3c4d`). Without keys, the client's name as sent.
     pub fn dify_user(&self, user: String) -> String {
-        if user != crate::plan::DEFAULT_USER {
+        let Some(tag) = &self.tag else {
             return user;
-        }
-        match self.0.strip_prefix("key:") {
-            Some(hex) => format!("{user}-{}", hex.get(..16).unwrap_or(hex)),
-            None => user,
+        };
+        if user == crate::plan::DEFAULT_USER {
+            format!("{user}-{tag}")
+        } else {
+            format!("{tag}-{user}")
         }
     }
+}
+
+/// The tag that names a key in Dify. Dify's logs are seen by people who must not learn
+/// the key, so it must not help test guesses of one: only 32 bits are shown, of a digest
+/// stretched over [`TAG_ROUNDS`] rounds with a fixed salt. (No per-deployment secret
+/// exists to key it with; a long random key, as `openssl rand` gives, is out of reach of
+/// guessing either way.)
+fn key_tag(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut state: [u8; 32] = Sha256::new()
+        .chain_update(b"opendify-dify-user-tag\0")
+        .chain_update(key.as_bytes())
+        .finalize()
+        .into();
+    for _ in 0..TAG_ROUNDS {
+        state = Sha256::new()
+            .chain_update(state)
+            .chain_update(key.as_bytes())
+            .finalize()
+            .into();
+    }
+    let hex: String = state[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("k{hex}")
 }
 
 /// The models a caller may use. Shared, so a request carries its key's allow-list by a

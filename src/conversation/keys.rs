@@ -5,6 +5,9 @@
 //! key starts from the caller's tenant (a digest of its proxy key): callers with different
 //! keys never reach each other's conversations, whatever user, chat id or history they send.
 
+use std::borrow::Cow;
+
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::openai::Role;
@@ -42,11 +45,14 @@ pub fn is_background_task(message: &str) -> bool {
             .is_some_and(|open| message[open..].contains(HISTORY_CLOSE))
 }
 
-/// Decides how a request is threaded.
+/// Decides how a request is threaded. `identity` is the request's [`identity`]: two
+/// requests that differ in it never share a conversation, whatever their history.
+#[allow(clippy::too_many_arguments)]
 pub fn thread_for(
     tenant: &str,
     model: &str,
     user: &str,
+    identity: &str,
     chat_id: Option<&str>,
     history: &[(Role, String)],
     message: &str,
@@ -57,24 +63,126 @@ pub fn thread_for(
     }
     match chat_id.map(str::trim).filter(|c| !c.is_empty()) {
         Some(chat_id) => Thread::Chat {
-            key: chat_key(tenant, model, user, chat_id),
+            key: chat_key_for(tenant, model, user, identity, chat_id),
         },
         None if history_matching => Thread::History {
             lookup: history.iter().any(|(r, _)| !is_system(*r)).then(|| {
                 let messages = history.iter().map(|(r, t)| (*r, t.as_str()));
-                history_key(tenant, model, user, messages)
+                history_key(tenant, model, user, identity, messages)
             }),
         },
         None => Thread::Untracked,
     }
 }
 
+/// What a conversation is matched on besides its visible history and the key, model and
+/// end user: everything the client sends that Dify holds but the chat does not show.
+/// The system and developer messages (as one role, whitespace-normalised, without a
+/// retrieval block a client adds per turn, see [`system_identity_text`]) and the app's
+/// inputs (Dify keeps a conversation's inputs from its first turn anyway). Empty when the
+/// request has neither, so such chats keep the keys they had.
+pub fn identity<'a>(
+    messages: impl Iterator<Item = (Role, &'a str)>,
+    inputs: &Map<String, Value>,
+) -> String {
+    let mut h = Sha256::new();
+    let mut any = false;
+    for (_, text) in messages.filter(|(r, _)| is_system(*r)) {
+        let own = system_identity_text(text);
+        any |= own.split_whitespace().next().is_some();
+        absorb_transcript(&mut h, std::iter::once((Role::System, own.as_ref())));
+    }
+    if !inputs.is_empty() {
+        any = true;
+        absorb(&mut h, "inputs");
+        // A serde_json map is ordered by key: the same inputs give the same text.
+        absorb(&mut h, &Value::Object(inputs.clone()).to_string());
+    }
+    if any {
+        hex(&h.finalize())
+    } else {
+        String::new()
+    }
+}
+
+/// A system message as it identifies a chat: without a retrieval block (`<context>` …
+/// `</context>`, from the `### Task:` heading before it if there is one, through a
+/// `<user_query>` block after it), which a client such as Open WebUI with
+/// `RAG_SYSTEM_CONTEXT` adds to the system message of the turns that have files. The
+/// block still reaches Dify (a changed system message is resent); it only does not make
+/// the chat another chat.
+pub fn system_identity_text(text: &str) -> Cow<'_, str> {
+    const CLOSE: &str = "</context>";
+    const QUERY_OPEN: &str = "<user_query>";
+    const QUERY_CLOSE: &str = "</user_query>";
+    let Some(open) = text.find("<context>") else {
+        return Cow::Borrowed(text);
+    };
+    let Some(mut end) = text[open..].find(CLOSE).map(|c| open + c + CLOSE.len()) else {
+        return Cow::Borrowed(text);
+    };
+    if let Some(q) = text[end..].trim_start().strip_prefix(QUERY_OPEN)
+        && let Some(q_end) = q.find(QUERY_CLOSE)
+    {
+        end = text.len() - q.len() + q_end + QUERY_CLOSE.len();
+    }
+    // The heading starts the block when it starts a line.
+    let start = match text[..open].rfind(TASK_PREFIX) {
+        Some(task) if text[..task].trim_end_matches([' ', '\t']).ends_with('\n') || task == 0 => {
+            task
+        }
+        _ => open,
+    };
+    Cow::Owned(format!("{} {}", &text[..start], &text[end..]))
+}
+
+/// The user's own words in a message that a client wrapped: Open WebUI sends a turn with
+/// files, a knowledge base or web results in its RAG template (the question inside
+/// `<user_query>`), and in every later request sends that turn as it stored it, with an
+/// `<attached_files>` block before the question. Both forms are the same turn.
+fn own_words(role: Role, text: &str) -> &str {
+    if role != Role::User {
+        return text;
+    }
+    let t = text.trim_start();
+    if let Some(rest) = t.strip_prefix("<attached_files>")
+        && let Some(end) = rest.find("</attached_files>")
+    {
+        return &rest[end + "</attached_files>".len()..];
+    }
+    if t.starts_with(TASK_PREFIX)
+        && let Some(close) = t.find("</context>")
+        && let Some(q) = t[close..].find("<user_query>")
+    {
+        let q = &t[close + q + "<user_query>".len()..];
+        if let Some(end) = q.find("</user_query>") {
+            return &q[..end];
+        }
+    }
+    text
+}
+
 /// Key for (tenant, model, user, chat id). Each part is length-prefixed so no two
 /// different tuples can produce the same input.
 pub fn chat_key(tenant: &str, model: &str, user: &str, chat_id: &str) -> String {
+    chat_key_for(tenant, model, user, "", chat_id)
+}
+
+/// [`chat_key`] for a chat with an [`identity`]: a chat id sent with another system prompt
+/// or other inputs is another chat.
+pub fn chat_key_for(
+    tenant: &str,
+    model: &str,
+    user: &str,
+    identity: &str,
+    chat_id: &str,
+) -> String {
     let mut h = Sha256::new();
     for part in [tenant, model, user, chat_id] {
         absorb(&mut h, part);
+    }
+    if !identity.is_empty() {
+        absorb(&mut h, identity);
     }
     format!("chat#{}", hex(&h.finalize()))
 }
@@ -83,7 +191,9 @@ pub fn chat_key(tenant: &str, model: &str, user: &str, chat_id: &str) -> String 
 /// user that created it: any other caller computes another key, so the id is unknown to it.
 pub fn response_key(tenant: &str, model: &str, user: &str, response_id: &str) -> String {
     let mut h = Sha256::new();
-    for part in [tenant, model, user, response_id] {
+    // "v2": mappings are claimed while a request continues them (state `open` between
+    // requests); those written before had no state, and would read as always taken.
+    for part in ["v2", tenant, model, user, response_id] {
         absorb(&mut h, part);
     }
     format!("resp#{}", hex(&h.finalize()))
@@ -95,12 +205,16 @@ pub fn history_key<'a>(
     tenant: &str,
     model: &str,
     user: &str,
+    identity: &str,
     messages: impl Iterator<Item = (Role, &'a str)>,
 ) -> String {
     let mut h = Sha256::new();
     absorb(&mut h, tenant);
     absorb(&mut h, model);
     absorb(&mut h, user);
+    if !identity.is_empty() {
+        absorb(&mut h, identity);
+    }
     absorb_transcript(&mut h, messages.filter(|(r, _)| !is_system(*r)));
     format!("hist#{}", hex(&h.finalize()))
 }
@@ -141,6 +255,7 @@ fn is_system(role: Role) -> bool {
 
 fn absorb_transcript<'a>(h: &mut Sha256, messages: impl Iterator<Item = (Role, &'a str)>) {
     for (role, text) in messages {
+        let text = own_words(role, text);
         // The normalised text is hashed word by word, never built: an answer can be large.
         let words = || text.split_whitespace();
         let (chars, count) = words().fold((0usize, 0usize), |(l, n), w| (l + w.len(), n + 1));
@@ -173,7 +288,7 @@ mod tests {
     use super::*;
 
     fn h(messages: &[(Role, &str)]) -> String {
-        history_key("t", "m", "u", messages.iter().copied())
+        history_key("t", "m", "u", "", messages.iter().copied())
     }
 
     #[test]
@@ -235,7 +350,7 @@ mod tests {
         ];
         for messages in cases {
             assert_eq!(
-                history_key("t", "m", "u", messages.iter().copied()),
+                history_key("t", "m", "u", "", messages.iter().copied()),
                 reference_history_key("t", "m", "u", messages),
                 "{messages:?}"
             );
@@ -251,6 +366,7 @@ mod tests {
             "t",
             "my-app",
             "alice@example.com",
+            "",
             [(Role::User, "quartz pyramid")].into_iter(),
         );
         for (key, prefix) in [(chat, "chat#"), (hist, "hist#")] {
@@ -338,13 +454,13 @@ mod tests {
             h(&[(Role::User, "x")])
         );
         assert_ne!(
-            history_key("t", "m", "u", std::iter::once((Role::User, "x"))),
-            history_key("t", "m", "v", std::iter::once((Role::User, "x")))
+            history_key("t", "m", "u", "", std::iter::once((Role::User, "x"))),
+            history_key("t", "m", "v", "", std::iter::once((Role::User, "x")))
         );
         // Another proxy key never reaches the same mapping.
         assert_ne!(
-            history_key("t", "m", "u", std::iter::once((Role::User, "x"))),
-            history_key("t2", "m", "u", std::iter::once((Role::User, "x")))
+            history_key("t", "m", "u", "", std::iter::once((Role::User, "x"))),
+            history_key("t2", "m", "u", "", std::iter::once((Role::User, "x")))
         );
     }
 
@@ -380,6 +496,7 @@ mod tests {
                 "t",
                 "m",
                 "u",
+                "",
                 Some("c1"),
                 &history,
                 "### Task:\nGenerate a title\n<chat_history>\nUSER: a\n</chat_history>",
@@ -388,18 +505,18 @@ mod tests {
             Thread::Detached
         );
         assert!(
-            matches!(thread_for("t", "m", "u", Some(" c1 "), &history, "next", true), Thread::Chat { key } if key == chat_key("t", "m", "u", "c1"))
+            matches!(thread_for("t", "m", "u", "", Some(" c1 "), &history, "next", true), Thread::Chat { key } if key == chat_key("t", "m", "u", "c1"))
         );
         assert!(matches!(
-            thread_for("t", "m", "u", Some(""), &[], "first", true),
+            thread_for("t", "m", "u", "", Some(""), &[], "first", true),
             Thread::History { lookup: None }
         ));
         assert!(matches!(
-            thread_for("t", "m", "u", None, &history, "next", true),
+            thread_for("t", "m", "u", "", None, &history, "next", true),
             Thread::History { lookup: Some(_) }
         ));
         assert_eq!(
-            thread_for("t", "m", "u", None, &history, "next", false),
+            thread_for("t", "m", "u", "", None, &history, "next", false),
             Thread::Untracked
         );
     }

@@ -66,6 +66,11 @@ pub enum ApiError {
     PreviousResponseNotFound {
         id: String,
     },
+    /// Another request is continuing the same `previous_response_id` right now: Dify's
+    /// conversation is linear, so this one waits its turn (the client retries).
+    PreviousResponseBusy {
+        id: String,
+    },
     /// The conversation store failed where continuing needs it.
     StoreUnavailable,
     /// A route of the OpenAI API that this proxy deliberately does not offer.
@@ -208,6 +213,20 @@ impl From<&ApiError> for ClientError {
                 );
                 c.body.error.param = Some("previous_response_id".to_string());
                 c.no_retry()
+            }
+            ApiError::PreviousResponseBusy { id } => {
+                let mut c = ClientError::new(
+                    StatusCode::CONFLICT,
+                    "invalid_request_error",
+                    Some("previous_response_in_use"),
+                    format!(
+                        "Response '{id}' is being continued by another request right now; its Dify conversation takes one turn at a time. Retry when that answer has ended."
+                    ),
+                );
+                c.body.error.param = Some("previous_response_id".to_string());
+                c.should_retry = Some(true);
+                c.retry_after = Some("2".to_string());
+                c
             }
             ApiError::StoreUnavailable => {
                 let mut c = ClientError::new(

@@ -41,6 +41,13 @@ pub struct Turn {
 }
 
 impl Turn {
+    /// What the turn's conversation is matched on besides its visible history, key, model
+    /// and user: its system messages and app inputs (`conversation::keys::identity`).
+    pub fn identity(&self) -> String {
+        let messages = self.history.iter().map(|(r, t)| (*r, t.as_str()));
+        crate::conversation::keys::identity(messages, &self.inputs)
+    }
+
     /// The Dify file types the turn attaches: what the app's upload settings
     /// (`/parameters` `file_upload`) must allow, or Dify drops the files silently.
     pub fn file_types(&self) -> BTreeSet<FileType> {

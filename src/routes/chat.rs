@@ -58,11 +58,13 @@ pub async fn create(
     attach_files(&state, model, mode, &request.model, &mut turn).await?;
 
     let chat_id = chat_id(&headers, &state, metadata_str(&request, "chat_id"));
+    let identity = turn.identity();
     let thread = if mode.has_conversations() {
         thread_for(
             tenant.as_str(),
             &request.model,
             &turn.user,
+            &identity,
             chat_id,
             &turn.history,
             &turn.message,
@@ -78,6 +80,7 @@ pub async fn create(
         tenant.as_str(),
         &request.model,
         &turn.user,
+        &identity,
         &turn.history,
     );
     let continued = link.lookup().await;
@@ -247,6 +250,10 @@ pub(super) async fn start_answer(
                 result = state.dify().chat_stream(app_key, &dify_request).await;
             }
         }
+    }
+    if result.is_err() {
+        // Dify never started this turn: the conversation holds what it held.
+        link.release().await;
     }
     result.map_err(|error| refused(model, error))
 }

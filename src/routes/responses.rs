@@ -19,6 +19,7 @@ use super::stream::stream_answer;
 use crate::answer::DifyDecoder;
 use crate::config::{ModelAccess, Tenant};
 use crate::conversation::keys::response_key;
+use crate::conversation::link::Previous;
 use crate::conversation::{ConversationLink, Thread, thread_for};
 use crate::dify::RunningTask;
 use crate::error::ApiError;
@@ -75,6 +76,7 @@ pub async fn create(
     attach_files(&state, model, mode, &request.model, &mut turn).await?;
     let scoped = |id: &str| response_key(tenant.as_str(), &request.model, &turn.user, id);
 
+    let identity = turn.identity();
     let (thread, gone) = match previous {
         Some(id) => (
             Thread::Response { key: scoped(id) },
@@ -89,6 +91,7 @@ pub async fn create(
                 tenant.as_str(),
                 &request.model,
                 &turn.user,
+                &identity,
                 chat_id,
                 &turn.history,
                 &turn.message,
@@ -103,15 +106,19 @@ pub async fn create(
         tenant.as_str(),
         &request.model,
         &turn.user,
+        &identity,
         &turn.history,
     );
     let continued = match previous {
-        Some(id) => match link.lookup_strict().await {
-            Ok(Some(conversation)) => {
+        Some(id) => match link.lookup_previous().await {
+            Ok(Previous::Found(conversation)) => {
                 link.note_continuation();
                 Some(conversation)
             }
-            Ok(None) => {
+            Ok(Previous::Busy) => {
+                return Err(ApiError::PreviousResponseBusy { id: id.to_string() });
+            }
+            Ok(Previous::Missing) => {
                 return Err(ApiError::PreviousResponseNotFound { id: id.to_string() });
             }
             Err(e) => {

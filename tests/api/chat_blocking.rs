@@ -120,18 +120,24 @@ async fn end_user_comes_from_field_then_header_then_metadata() {
     let app = spawn_app().await;
     app.dify.set(APP_KEY, Scenario::answer("ok"));
     let default = default_user();
+    // Dify gets the end user behind the key's tag (see isolation.rs).
+    let (alice, bob, carol) = (named_user("alice"), named_user("bob"), named_user("carol"));
     let cases: Vec<(Value, Option<&str>, &str)> = vec![
         (
             json!({"user": "alice", "metadata": {"user_id": "carol"}}),
             Some("bob"),
-            "alice",
+            alice.as_str(),
         ),
         (
             json!({"metadata": {"user_id": "carol"}}),
             Some("bob"),
-            "bob",
+            bob.as_str(),
         ),
-        (json!({"metadata": {"user_id": "carol"}}), None, "carol"),
+        (
+            json!({"metadata": {"user_id": "carol"}}),
+            None,
+            carol.as_str(),
+        ),
         (json!({}), None, default.as_str()),
     ];
     for (i, (extra, header, expected)) in cases.into_iter().enumerate() {

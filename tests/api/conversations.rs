@@ -174,8 +174,8 @@ async fn switching_model_or_user_never_reuses_a_foreign_conversation() {
         Some("User: hi\n\nAssistant: a\n\nUser: again")
     );
     assert_eq!(reqs[2].conversation_id(), None);
-    let alice = app.dify.conversation_ids(APP_KEY, "alice");
-    let bob = app.dify.conversation_ids(APP_KEY, "bob");
+    let alice = app.dify.conversation_ids(APP_KEY, &named_user("alice"));
+    let bob = app.dify.conversation_ids(APP_KEY, &named_user("bob"));
     assert_eq!(reqs[3].conversation_id(), Some(alice[0].as_str()));
     assert_eq!(reqs[4].conversation_id(), Some(bob[0].as_str()));
     assert_ne!(alice[0], bob[0]);

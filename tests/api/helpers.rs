@@ -15,6 +15,10 @@ pub const PROXY_KEY: &str = "sk-proxy-test-0001";
 pub fn default_user() -> String {
     opendify::config::Tenant::of_key(PROXY_KEY).dify_user(opendify::plan::DEFAULT_USER.to_string())
 }
+/// The Dify user of a request with [`PROXY_KEY`] that names the end user `user`.
+pub fn named_user(user: &str) -> String {
+    opendify::config::Tenant::of_key(PROXY_KEY).dify_user(user.to_string())
+}
 pub const APP_KEY: &str = "app-testkey000000000000a1";
 pub const OTHER_KEY: &str = "app-testkey000000000000b2";
 pub const MODEL: &str = "my-app";

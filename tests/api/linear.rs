@@ -174,11 +174,17 @@ async fn two_chats_with_identical_openings_never_merge() {
     let (y, qy) = sent(&app, 3);
     assert!(x.is_some(), "the first second turn continues");
     assert_eq!(qx, "I am X.");
-    assert_eq!(
-        (y, qy.as_str()),
-        (None, "User: Hi\n\nAssistant: Hello!\n\nUser: I am Y."),
+    // Each chat's conversation holds exactly its history: the other chat continues the
+    // other one (its own), not the same one, and does not fork with its history folded.
+    assert!(
+        y.is_some(),
+        "the other chat's second turn started anew: {qy:?}"
+    );
+    assert_ne!(
+        x, y,
         "the other chat's second turn landed in the same Dify conversation"
     );
+    assert_eq!(qy, "I am Y.");
 }
 
 #[tokio::test]
@@ -313,19 +319,26 @@ async fn callers_of_different_keys_are_different_users_in_dify() {
         .map(|r| r.user().unwrap().to_string())
         .collect();
     assert_ne!(users[0], users[1], "two keys, one Dify user");
+    // The key's tag: `k` and 8 hex digits, behind the default user, before a named one.
+    let is_tag = |t: &str| {
+        t.len() == 9 && t.starts_with('k') && t[1..].bytes().all(|b| b.is_ascii_hexdigit())
+    };
     for user in &users[..2] {
-        let suffix = user
+        let tag = user
             .strip_prefix("opendify-")
             .unwrap_or_else(|| panic!("{user}"));
-        assert!(
-            suffix.len() == 16 && suffix.bytes().all(|b| b.is_ascii_hexdigit()),
-            "{user}"
-        );
+        assert!(is_tag(tag), "{user}");
         assert!(
             !user.contains("proxy") && !user.contains("another"),
             "{user}"
         );
     }
-    // A user the client names is kept as it is.
-    assert_eq!(&users[2..], ["alice", "alice"]);
+    // A user the client names stays readable, and is each key's own.
+    assert_ne!(users[2], users[3], "two keys, one Dify user for \"alice\"");
+    for user in &users[2..] {
+        let tag = user
+            .strip_suffix("-alice")
+            .unwrap_or_else(|| panic!("{user}"));
+        assert!(is_tag(tag), "{user}");
+    }
 }

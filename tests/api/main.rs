@@ -15,6 +15,7 @@ mod conversations;
 mod files;
 mod hardening;
 mod inputs;
+mod isolation;
 mod linear;
 mod models;
 mod provider_errors;

@@ -200,14 +200,14 @@ async fn previous_response_id_continues_the_dify_conversation_with_only_the_new_
         Some("System: Answer in one short sentence.\n\nUser: My name is Ada and I like chess.")
     );
     assert_eq!(sent[0].conversation_id(), None);
-    let conversation = app.dify.conversation_ids(APP_KEY, "lovelace");
+    let conversation = app.dify.conversation_ids(APP_KEY, &named_user("lovelace"));
     assert_eq!(conversation.len(), 1, "one Dify conversation for the chain");
     assert_eq!(sent[1].query(), Some("What is my name?"));
     assert_eq!(sent[1].conversation_id(), Some(conversation[0].as_str()));
     assert_eq!(sent[2].query(), Some("And my hobby?"));
     assert_eq!(sent[2].conversation_id(), Some(conversation[0].as_str()));
     for s in &sent {
-        assert_eq!(s.user(), Some("lovelace"));
+        assert_eq!(s.user(), Some(named_user("lovelace").as_str()));
     }
 
     // The table holds digests and conversation ids, never a response id or the user.
@@ -309,9 +309,9 @@ async fn a_response_is_continued_only_by_its_key_user_and_model() {
     let sent = app.dify.requests();
     assert_eq!(
         sent[2].conversation_id(),
-        sent[0]
-            .conversation_id()
-            .or(Some(app.dify.conversation_ids(APP_KEY, "ada")[0].as_str()))
+        sent[0].conversation_id().or(Some(
+            app.dify.conversation_ids(APP_KEY, &named_user("ada"))[0].as_str()
+        ))
     );
 }
 
@@ -405,7 +405,7 @@ async fn a_cancelled_stream_stops_the_dify_task() {
         .expect("the Dify task is stopped");
     assert_eq!(
         (stop.task_id.as_str(), stop.user.as_str(), stop.key.as_str()),
-        (task, "bob", APP_KEY)
+        (task, named_user("bob").as_str(), APP_KEY)
     );
 }
 

@@ -161,6 +161,7 @@ pub fn request(data: &[u8]) {
                 "tenant",
                 &request.model,
                 &turn.user,
+                &turn.identity(),
                 chat_id,
                 &turn.history,
                 &turn.message,
