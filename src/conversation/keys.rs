@@ -7,7 +7,6 @@
 
 use std::borrow::Cow;
 
-use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::openai::Role;
@@ -76,27 +75,20 @@ pub fn thread_for(
 }
 
 /// What a conversation is matched on besides its visible history and the key, model and
-/// end user: everything the client sends that Dify holds but the chat does not show.
-/// The system and developer messages (as one role, whitespace-normalised, without a
-/// retrieval block a client adds per turn, see [`system_identity_text`]) and the app's
-/// inputs (Dify keeps a conversation's inputs from its first turn anyway). Empty when the
-/// request has neither, so such chats keep the keys they had.
-pub fn identity<'a>(
-    messages: impl Iterator<Item = (Role, &'a str)>,
-    inputs: &Map<String, Value>,
-) -> String {
+/// end user: the system and developer messages (as one role, whitespace-normalised,
+/// without a retrieval block a client adds per turn, see [`system_identity_text`]). Empty
+/// when the request has none, so such chats keep the keys they had.
+///
+/// App inputs are not part of it: Dify takes them on a conversation's first turn only, and
+/// clients that follow Dify send them only then, so a later turn without them must still
+/// continue (a required input would otherwise refuse it).
+pub fn identity<'a>(messages: impl Iterator<Item = (Role, &'a str)>) -> String {
     let mut h = Sha256::new();
     let mut any = false;
     for (_, text) in messages.filter(|(r, _)| is_system(*r)) {
         let own = system_identity_text(text);
         any |= own.split_whitespace().next().is_some();
         absorb_transcript(&mut h, std::iter::once((Role::System, own.as_ref())));
-    }
-    if !inputs.is_empty() {
-        any = true;
-        absorb(&mut h, "inputs");
-        // A serde_json map is ordered by key: the same inputs give the same text.
-        absorb(&mut h, &Value::Object(inputs.clone()).to_string());
     }
     if any {
         hex(&h.finalize())
@@ -169,7 +161,7 @@ pub fn chat_key(tenant: &str, model: &str, user: &str, chat_id: &str) -> String 
 }
 
 /// [`chat_key`] for a chat with an [`identity`]: a chat id sent with another system prompt
-/// or other inputs is another chat.
+/// is another chat.
 pub fn chat_key_for(
     tenant: &str,
     model: &str,
@@ -518,6 +510,67 @@ mod tests {
         assert_eq!(
             thread_for("t", "m", "u", "", None, &history, "next", false),
             Thread::Untracked
+        );
+    }
+
+    #[test]
+    fn identity_holds_system_prompts_but_not_retrieval_blocks() {
+        let id = |system: &str| identity([(Role::System, system), (Role::User, "Hi")].into_iter());
+        // Nothing the client hides: the keys chats had before.
+        assert_eq!(identity([(Role::User, "Hi")].into_iter()), "");
+        assert_eq!(
+            chat_key_for("t", "m", "u", "", "c"),
+            chat_key("t", "m", "u", "c")
+        );
+        let alpha = id("You are Alpha.");
+        assert_eq!(alpha.len(), 64);
+        assert_ne!(alpha, id("You are Beta."));
+        // Cosmetic whitespace and the developer role are the same prompt.
+        assert_eq!(alpha, id(" You  are Alpha.\n"));
+        assert_eq!(
+            alpha,
+            identity([(Role::Developer, "You are Alpha."), (Role::User, "x")].into_iter())
+        );
+        // A retrieval block added to the prompt for one turn is not another chat...
+        let rag = "You are Alpha.\n### Task:\nAnswer from the context.\n<context>\n<source id=\"1\">Revenue rose.</source>\n</context>\n\n<user_query>\nGrowth?\n</user_query>";
+        assert_eq!(alpha, id(rag));
+        assert_eq!(alpha, id("You are Alpha.\n<context>x</context>"));
+        assert_eq!(alpha, id("<context>x</context>\nYou are Alpha."));
+        // ...but the prompt around it still counts, and an unclosed block is prompt text.
+        assert_ne!(alpha, id("You are Beta.\n<context>x</context>"));
+        assert_ne!(alpha, id("You are Alpha.\n<context>x"));
+        // Distinct from the empty identity, and length-prefixed in the keys.
+        assert_ne!(
+            chat_key_for("t", "m", "u", &alpha, "c"),
+            chat_key("t", "m", "u", "c")
+        );
+    }
+
+    #[test]
+    fn open_webuis_file_turn_and_its_stored_form_digest_alike() {
+        let s = |m: &[(Role, &str)]| state_digest(m.iter().copied());
+        let plain = [
+            (Role::User, "What does the file say?"),
+            (Role::Assistant, "Hi."),
+        ];
+        let rag = "### Task:\nRespond using the context.\n<context>\n<source id=\"1\">hello</source>\n</context>\n\n<user_query>\nWhat does the file say?\n</user_query>";
+        let stored = "<attached_files>\n<file type=\"file\" id=\"0f2c\" name=\"notes.txt\"/>\n</attached_files>\n\nWhat does the file say?";
+        assert_eq!(s(&plain), s(&[(Role::User, rag), (Role::Assistant, "Hi.")]));
+        assert_eq!(
+            s(&plain),
+            s(&[(Role::User, stored), (Role::Assistant, "Hi.")])
+        );
+        // Only the user's turns are unwrapped, and only whole wrappers.
+        assert_ne!(
+            s(&plain),
+            s(&[(Role::Assistant, stored), (Role::Assistant, "Hi.")])
+        );
+        assert_ne!(
+            s(&plain),
+            s(&[
+                (Role::User, "<attached_files> What does the file say?"),
+                (Role::Assistant, "Hi.")
+            ])
         );
     }
 }

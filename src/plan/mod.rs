@@ -42,10 +42,10 @@ pub struct Turn {
 
 impl Turn {
     /// What the turn's conversation is matched on besides its visible history, key, model
-    /// and user: its system messages and app inputs (`conversation::keys::identity`).
+    /// and user: its system messages (`conversation::keys::identity`).
     pub fn identity(&self) -> String {
         let messages = self.history.iter().map(|(r, t)| (*r, t.as_str()));
-        crate::conversation::keys::identity(messages, &self.inputs)
+        crate::conversation::keys::identity(messages)
     }
 
     /// The Dify file types the turn attaches: what the app's upload settings

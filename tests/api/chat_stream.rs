@@ -313,7 +313,7 @@ async fn client_disconnect_stops_the_dify_task() {
         .await
         .expect("the proxy stops the Dify task");
     assert_eq!(stop.task_id, "task-0001");
-    assert_eq!(stop.user, "user-77");
+    assert_eq!(stop.user, named_user("user-77"));
     assert_eq!(stop.key, APP_KEY);
     let end = app
         .dify

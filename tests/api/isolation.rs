@@ -1,6 +1,6 @@
 //! Many users behind one deployment: a chat never continues another chat's Dify
-//! conversation. What the client does not show in the visible history (system prompt, app
-//! inputs, end user) is part of what a conversation is matched on; chats that cannot be
+//! conversation. What the client does not show in the visible history (system prompt, end
+//! user) is part of what a conversation is matched on; chats that cannot be
 //! told apart each keep their own conversation; a turn Dify never started gives its claim
 //! back; and each proxy key has its own Dify users.
 
@@ -74,10 +74,9 @@ async fn chats_with_different_system_prompts_never_share_a_conversation() {
 }
 
 #[tokio::test]
-async fn a_chat_id_with_another_system_prompt_or_other_inputs_is_another_chat() {
+async fn a_chat_id_with_another_system_prompt_is_another_chat() {
     // Two customers of one backend whose chat ids collide ("1"), no user.
-    let config = json!({MODEL: {"key": APP_KEY, "request_inputs": ["customer"]}});
-    let app = spawn_app_with(&[("MODEL_CONFIG", &config.to_string())]).await;
+    let app = spawn_app().await;
     app.dify
         .set(APP_KEY, Scenario::answer_with_conversations("Hello!"));
     let opening = |system: &str, inputs: Value| {
@@ -95,20 +94,16 @@ async fn a_chat_id_with_another_system_prompt_or_other_inputs_is_another_chat() 
         body["inputs"] = inputs;
         body
     };
-    let cases = [
-        ("You are Alpha.", json!({})),
-        ("You are Beta.", json!({})),
-        ("You are Alpha.", json!({"customer": "gamma"})),
-    ];
+    let cases = [("You are Alpha.", json!({})), ("You are Beta.", json!({}))];
     for (system, inputs) in &cases {
         ask(&app, &opening(system, inputs.clone()), Some("1")).await;
     }
     let issued = app.dify.conversation_ids(APP_KEY, &default_user());
-    assert_eq!(issued.len(), 3, "{issued:?}");
+    assert_eq!(issued.len(), 2, "{issued:?}");
     for (n, (system, inputs)) in cases.iter().enumerate() {
         ask(&app, &second(system, inputs.clone()), Some("1")).await;
         assert_eq!(
-            continued(&app, 3 + n).as_ref(),
+            continued(&app, 2 + n).as_ref(),
             Some(&issued[n]),
             "chat {n} continued another chat's conversation"
         );
@@ -346,7 +341,7 @@ async fn each_key_has_its_own_dify_users_and_its_tag_reveals_nothing_testable() 
 #[tokio::test]
 async fn two_continuations_of_one_response_at_once_do_not_interleave() {
     use futures_util::StreamExt;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let app = spawn_app().await;
     let task = "6f1c2d3e-4f50-4a6b-8c7d-9e0f1a2b3c4d";
     app.dify.set(
@@ -354,7 +349,6 @@ async fn two_continuations_of_one_response_at_once_do_not_interleave() {
         Scenario::Sequence(vec![
             Scenario::answer_with_conversations("Noted."),
             Scenario::endless("tick ", Duration::from_millis(30), task),
-            Scenario::answer_with_conversations("Ada."),
         ]),
     );
     let r = app
@@ -394,19 +388,9 @@ async fn two_continuations_of_one_response_at_once_do_not_interleave() {
         "the second continuation reached Dify"
     );
 
-    // Once the first has ended (the client went away), the response can be continued.
+    // That the claim is given back once an answer ends is what lets a response be
+    // continued again (responses::continuing_one_response_twice_is_logged_as_a_branch);
+    // continuing it again here would log that branch warning into the log the other
+    // tests of this binary read.
     drop(body);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = app.post_responses(&next(false)).send().await.unwrap();
-        if r.status() == 200 {
-            break;
-        }
-        assert_eq!(r.status(), 409);
-        assert!(Instant::now() < deadline, "the claim was never released");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let sent = app.dify.requests();
-    assert_eq!(sent.len(), 3);
-    assert_eq!(sent[2].conversation_id(), sent[1].conversation_id());
 }
