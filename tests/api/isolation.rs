@@ -394,3 +394,83 @@ async fn two_continuations_of_one_response_at_once_do_not_interleave() {
     // tests of this binary read.
     drop(body);
 }
+
+#[tokio::test]
+async fn a_conversation_of_the_dify_user_before_the_upgrade_recovers_with_the_history_folded() {
+    // Before the per-key tags, the key's default user was `opendify-` and 16 hex digits of
+    // a plain digest. A mapping that still leads to a conversation of that user: Dify
+    // answers 404 for the new user, and the turn starts over with its history folded.
+    use opendify::conversation::keys::{chat_key, state_digest, system_digest};
+    use opendify::openai::Role;
+    use opendify::store::{ConversationStore, Mapping};
+    use sha2::{Digest, Sha256};
+    let (app, table) = spawn_app_dynamo(&[]).await;
+    app.dify
+        .set(APP_KEY, Scenario::answer_with_conversations("Noted."));
+    let plain = Sha256::digest(format!("opendify-tenant\0{PROXY_KEY}"));
+    let hex: String = plain.iter().map(|b| format!("{b:02x}")).collect();
+    let old_user = format!("opendify-{}", &hex[..16]);
+    let r = app
+        .client
+        .post(format!("{}/chat-messages", app.dify.base_url()))
+        .bearer_auth(APP_KEY)
+        .json(&json!({"query": "My name is Ada.", "inputs": {}, "response_mode": "blocking", "user": old_user}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let old: Value = r.json().await.unwrap();
+    let old = old["conversation_id"].as_str().unwrap().to_string();
+
+    let history = [(Role::User, "My name is Ada."), (Role::Assistant, "Noted.")];
+    let tenant = opendify::config::Tenant::of_key(PROXY_KEY);
+    let key = chat_key(tenant.as_str(), MODEL, &default_user(), "c-upgrade");
+    let store = crate::support::moto::Moto::shared()
+        .await
+        .store(&table, std::time::Duration::from_secs(3600));
+    let (state, system) = (
+        state_digest(history.iter().copied()),
+        system_digest(history.iter().copied()),
+    );
+    let mapping = Mapping {
+        conversation_id: &old,
+        state: &state,
+        system: &system,
+    };
+    assert!(store.settle(&key, mapping, None).await.unwrap());
+
+    ask(
+        &app,
+        &chat(&[
+            ("user", "My name is Ada."),
+            ("assistant", "Noted."),
+            ("user", "What is my name?"),
+        ]),
+        Some("c-upgrade"),
+    )
+    .await;
+    let sent = app.dify.requests();
+    assert_eq!(sent.len(), 3, "{sent:#?}");
+    assert_eq!(sent[1].conversation_id(), Some(old.as_str()));
+    assert_eq!(sent[1].user(), Some(default_user().as_str()));
+    assert_eq!(sent[2].conversation_id(), None);
+    assert_eq!(
+        sent[2].query(),
+        Some("User: My name is Ada.\n\nAssistant: Noted.\n\nUser: What is my name?")
+    );
+    // The chat goes on in its new conversation.
+    let new = app.dify.conversation_ids(APP_KEY, &default_user())[0].clone();
+    ask(
+        &app,
+        &chat(&[
+            ("user", "My name is Ada."),
+            ("assistant", "Noted."),
+            ("user", "What is my name?"),
+            ("assistant", "Noted."),
+            ("user", "Thanks."),
+        ]),
+        Some("c-upgrade"),
+    )
+    .await;
+    assert_eq!(continued(&app, 3), Some(new));
+}
