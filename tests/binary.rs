@@ -7,7 +7,8 @@ use std::io::Read;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::process::{command, refs, start};
+use support::process::{command, refs, start, start_in};
+use support::tempdir::TempDir;
 use support::{FakeDify, Scenario};
 
 const APP_KEY: &str = "app-binarytest00000000x9f3a";
@@ -274,6 +275,126 @@ async fn conversation_continues_across_a_cold_start() {
         );
         assert_eq!(turn2.query(), Some("Who am I?"), "{user}");
     }
+}
+
+/// A streamed turn, read to its end; the answer's text.
+async fn ask_streamed(url: &str, messages: serde_json::Value, chat_id: &str, user: &str) -> String {
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(PROXY_KEY)
+        .header("X-OpenWebUI-Chat-Id", chat_id)
+        .json(&json!({"model": "my-app", "stream": true, "user": user, "messages": messages}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+/// Nothing configured but Dify and the keys, as a newcomer runs it: chats are kept in
+/// data/opendify.db under the working directory, so a turn sent after the process was
+/// killed (SIGKILL: no shutdown, no flush) right after the first answer ended continues
+/// the same Dify conversation, streamed or not.
+#[tokio::test]
+async fn conversation_continues_after_a_kill_with_the_default_store() {
+    let dir = TempDir::new("restart");
+    let dify = FakeDify::start().await;
+    dify.set(APP_KEY, Scenario::answer_with_conversations("Hello Ada."));
+    let mut vars = valid_vars(&dify);
+    // Only the chat id can carry the conversation across the restart.
+    vars.push(("CONVERSATION_HISTORY_MATCHING", "false".to_string()));
+
+    let first = start_in(dir.path(), &refs(&vars));
+    assert!(
+        first
+            .log()
+            .contains("conversations: sqlite file data/opendify.db"),
+        "{}",
+        first.log()
+    );
+    let turn1 = json!([{"role":"user","content":"I am Ada."}]);
+    let (status, blocking) = ask_as(
+        &first.url,
+        turn1.clone(),
+        ChatId::Header("kill-chat"),
+        Some("blocking"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let streamed = ask_streamed(&first.url, turn1, "kill-stream", "streamed").await;
+    assert_eq!(streamed, "Hello Ada.");
+    drop(first); // SIGKILL (std's Child::kill), right after the answers ended
+    assert!(dir.path().join("data").join("opendify.db").is_file());
+
+    let second = start_in(dir.path(), &refs(&vars));
+    for (user, chat, a1) in [
+        ("blocking", "kill-chat", blocking),
+        ("streamed", "kill-stream", streamed),
+    ] {
+        let history = json!([{"role":"user","content":"I am Ada."},{"role":"assistant","content":a1},{"role":"user","content":"Who am I?"}]);
+        let (status, _) = ask_as(&second.url, history, ChatId::Header(chat), Some(user)).await;
+        assert_eq!(status, 200);
+        let conversation = dify.conversation_ids(APP_KEY, user);
+        assert_eq!(conversation.len(), 1, "{user}: one Dify conversation");
+        let turn2 = dify
+            .requests()
+            .into_iter()
+            .rev()
+            .find(|r| r.user() == Some(user))
+            .unwrap();
+        assert_eq!(
+            turn2.conversation_id(),
+            Some(conversation[0].as_str()),
+            "{user}: turn 2 continues turn 1's conversation"
+        );
+        assert_eq!(turn2.query(), Some("Who am I?"), "{user}");
+    }
+}
+
+/// A store file that cannot be created stops the start with the path and the fix, rather
+/// than serving with a memory that the next restart would lose.
+#[test]
+fn an_unusable_store_file_stops_the_start() {
+    let dir = TempDir::new("badstore");
+    std::fs::write(
+        dir.path().join("data"),
+        b"a file where the directory should be",
+    )
+    .unwrap();
+    let out = support::process::command_in(
+        Some(dir.path()),
+        &[
+            ("DIFY_API_BASE", "http://127.0.0.1:9/v1"),
+            ("MODEL_CONFIG", r#"{"m":"app-xxxxxxxxxxxxxxxxxxxx"}"#),
+            ("ALLOW_UNAUTHENTICATED", "true"),
+            ("SERVER_PORT", "0"),
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "opendify stopped: could not open the conversation store file data/opendify.db"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Set CONVERSATION_DB_PATH to a writable file"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("listening"), "{stderr}");
 }
 
 #[tokio::test]
