@@ -361,6 +361,67 @@ async fn conversation_continues_after_a_kill_with_the_default_store() {
     }
 }
 
+/// Under Lambda (AWS_LAMBDA_RUNTIME_API set) without a table, the store is process memory
+/// and the start log says why; no file is created. The Runtime API here is a port that
+/// refuses connections: the store line is logged before the runtime is reached.
+#[test]
+fn lambda_without_a_table_keeps_conversations_in_memory_and_says_why() {
+    use std::io::{BufRead, BufReader};
+    let dir = TempDir::new("lambdastore");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let runtime_api = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let mut child = support::process::command_in(
+        Some(dir.path()),
+        &[
+            ("DIFY_API_BASE", "http://127.0.0.1:9/v1"),
+            ("MODEL_CONFIG", r#"{"m":"app-xxxxxxxxxxxxxxxxxxxx"}"#),
+            ("ALLOW_UNAUTHENTICATED", "true"),
+            ("AWS_LAMBDA_RUNTIME_API", &runtime_api),
+            ("AWS_LAMBDA_FUNCTION_NAME", "opendify"),
+            ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST"),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256"),
+            ("AWS_REGION", "us-east-1"),
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut log = String::new();
+    let store_line = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("conversations: ") => break Some(line),
+            Ok(line) => {
+                log.push_str(&line);
+                log.push('\n');
+            }
+            Err(_) => break None,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = store_line.unwrap_or_else(|| panic!("no store line in:\n{log}"));
+    assert!(
+        line.contains("conversations: in-process memory (on Lambda without CONVERSATION_TABLE: only /tmp is writable there"),
+        "{line}"
+    );
+    assert!(
+        line.contains("set CONVERSATION_TABLE to keep chats"),
+        "{line}"
+    );
+    assert!(!dir.path().join("data").exists(), "no store file on Lambda");
+}
+
 /// A store file that cannot be created stops the start with the path and the fix, rather
 /// than serving with a memory that the next restart would lose.
 #[test]

@@ -989,6 +989,21 @@ async fn sqlite_locked_file_fails_within_budget() {
     assert_eq!(store.get("k").await, Ok(Some("e".into())));
 }
 
+/// Expired rows do not pile up while the process runs: they go every SWEEP_EVERY writes.
+#[tokio::test]
+async fn sqlite_expired_rows_are_swept_while_running() {
+    let dir = TempDir::new("store");
+    let store = sqlite_at(&dir, HOUR);
+    let conn = raw(&dir);
+    insert_raw(&conn, "stale", "conv-0", now_ms() - 1, None);
+    insert_raw(&conn, "live", "conv-1", now_ms() + 3_600_000, None);
+    for i in 0..opendify::store::sqlite::SWEEP_EVERY {
+        store.put(&format!("k{}", i % 8), "c").await.expect("put");
+    }
+    assert_eq!(row(&conn, "stale"), None, "swept");
+    assert!(row(&conn, "live").is_some(), "live rows stay");
+}
+
 #[tokio::test]
 async fn sqlite_unusable_files_are_refused_at_open() {
     let dir = TempDir::new("store");
