@@ -27,6 +27,16 @@ fn unix_now() -> i64 {
     opendify::unix_now()
 }
 
+/// Waits until the Unix second is past `t` (polling the clock, with a deadline): items
+/// record whole seconds, so a write shows as newer only from the next one.
+async fn past_second(t: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while unix_now() <= t {
+        assert!(Instant::now() < deadline, "the clock did not pass {t}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn dynamo(ttl: Duration) -> (&'static Moto, String, DynamoStore) {
     let moto = Moto::shared().await;
     let table = moto.fresh_table().await;
@@ -346,7 +356,7 @@ async fn dynamo_mismatched_ids_leave_the_item_untouched() {
     let (moto, table, store) = dynamo(HOUR).await;
     check_mismatched_ids(&store).await;
     let before = moto.get_item_raw(&table, "k").await.expect("item");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    past_second(number(&before, "updated_at")).await;
     store.touch("k", "someone-else").await.expect("touch other");
     store
         .delete("k", "someone-else")
@@ -382,7 +392,7 @@ async fn dynamo_item_schema_and_ttl() {
     );
     assert!((before..=after).contains(&updated), "updated_at {updated}");
 
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    past_second(updated).await;
     store.touch("k", "conv-1").await.expect("touch");
     let touched = moto.get_item_raw(&table, "k").await.expect("item");
     assert!(
@@ -393,7 +403,7 @@ async fn dynamo_item_schema_and_ttl() {
     assert_eq!(touched.get("conversation_id"), Some(&s("conv-1")));
 
     // put refreshes the times as well.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    past_second(number(&touched, "updated_at")).await;
     store.put("k", "conv-2").await.expect("put");
     let replaced = moto.get_item_raw(&table, "k").await.expect("item");
     assert!(number(&replaced, "expires_at") > number(&touched, "expires_at"));
@@ -405,7 +415,7 @@ async fn dynamo_losing_put_new_does_not_refresh_the_winner() {
     let (moto, table, store) = dynamo(HOUR).await;
     store.put_new("k", "winner").await.expect("put_new");
     let before = moto.get_item_raw(&table, "k").await.expect("item");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    past_second(number(&before, "updated_at")).await;
     assert_eq!(
         store.put_new("k", "loser").await,
         Ok(PutOutcome::Exists("winner".into()))
