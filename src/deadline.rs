@@ -5,12 +5,15 @@
 //! the stream pump its close.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
 /// Kept back from Lambda's deadline for what follows a cut answer: the error event, the
-/// Dify task's stop and the store writes, so they happen inside the invocation.
+/// Dify task's stop and the store writes, so they happen inside the invocation. At most a
+/// quarter of the time left, for very short function timeouts.
 pub const CLOSE_RESERVE: Duration = Duration::from_secs(2);
 
 tokio::task_local! {
@@ -18,7 +21,7 @@ tokio::task_local! {
 }
 
 /// When the request's work must stop, and why.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Deadline {
     /// The answer (or the wait for its start) is cut here.
     pub at: Instant,
@@ -26,28 +29,38 @@ pub struct Deadline {
     pub hard: Option<Instant>,
     /// `MAX_STREAM_SECONDS` when that is the limit (for the message).
     pub max_stream: Option<Duration>,
+    /// Set once Dify's answer has started: from then on the answer's stream enforces
+    /// `at` itself and ends with an error the client can read.
+    started: Arc<AtomicBool>,
 }
 
 impl Deadline {
     /// The deadline of a request starting now: `invocation_ms` is Lambda's deadline
-    /// (ms since the Unix epoch), if the runtime gave one.
+    /// (ms since the Unix epoch), if the runtime gave one. Lambda never hands out an event
+    /// already past its deadline; emulators do (`cargo lambda watch` sends one in the
+    /// past), so such a deadline counts as none.
     pub fn for_request(invocation_ms: Option<u64>, max_stream: Duration) -> Deadline {
         let now = Instant::now();
-        match invocation_ms {
-            Some(ms) => {
-                let left = time_left(ms, SystemTime::now());
+        let left = invocation_ms
+            .map(|ms| time_left(ms, SystemTime::now()))
+            .filter(|left| !left.is_zero());
+        match left {
+            Some(left) => {
+                let reserve = CLOSE_RESERVE.min(left / 4);
                 // The stream limit still applies when the invocation is longer.
-                let at = (now + left.saturating_sub(CLOSE_RESERVE)).min(now + max_stream);
+                let at = (now + left - reserve).min(now + max_stream);
                 Deadline {
                     at,
                     hard: Some(now + left),
                     max_stream: (now + max_stream <= at).then_some(max_stream),
+                    started: Arc::default(),
                 }
             }
             None => Deadline {
                 at: now + max_stream,
                 hard: None,
                 max_stream: Some(max_stream),
+                started: Arc::default(),
             },
         }
     }
@@ -59,7 +72,17 @@ impl Deadline {
 
     /// The deadline of the request being served, if any (outside a request: none).
     pub fn current() -> Option<Deadline> {
-        CURRENT.try_with(|d| *d).ok()
+        CURRENT.try_with(Deadline::clone).ok()
+    }
+
+    /// Notes that Dify's answer has started (its response head arrived).
+    pub fn mark_started(&self) {
+        self.started.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether Dify's answer has started.
+    pub fn started(&self) -> bool {
+        self.started.load(Ordering::Relaxed)
     }
 
     /// The limit, as messages name it.
@@ -118,9 +141,20 @@ mod tests {
     }
 
     #[test]
-    fn a_passed_deadline_cuts_at_once() {
+    fn a_passed_deadline_counts_as_none() {
         let d = Deadline::for_request(Some(ms_from_now(-5_000)), MAX);
-        assert!(d.at <= Instant::now());
+        assert_eq!(d.hard, None);
+        assert!(d.at > Instant::now() + Duration::from_secs(800));
+    }
+
+    #[test]
+    fn a_short_invocation_keeps_a_quarter_for_the_close() {
+        let d = Deadline::for_request(Some(ms_from_now(2_000)), MAX);
+        let cut = d.at - Instant::now();
+        assert!(
+            cut <= Duration::from_millis(1_500) && cut > Duration::from_millis(1_200),
+            "{cut:?}"
+        );
     }
 
     #[test]
@@ -136,8 +170,9 @@ mod tests {
 
     #[tokio::test]
     async fn the_deadline_is_current_only_inside_its_scope() {
-        assert_eq!(Deadline::current(), None);
+        assert!(Deadline::current().is_none());
         let d = Deadline::for_request(None, MAX);
-        assert_eq!(d.scope(async { Deadline::current() }).await, Some(d));
+        let seen = d.clone().scope(async { Deadline::current() }).await;
+        assert_eq!(seen.map(|s| s.at), Some(d.at));
     }
 }

@@ -1162,4 +1162,20 @@ async fn an_answer_under_way_ends_before_the_invocation_deadline() {
         stop.answered <= finished,
         "the stop came after the response ended"
     );
+
+    // A blocking answer cut the same way says so in its 502, not as a request that
+    // never started.
+    let id = runtime.invoke_with_timeout(event_text("chat-blocking.json"), TIMEOUT);
+    let response = function.response(&runtime, &id).await;
+    assert_eq!(response.status, 502, "{}", response.body_text());
+    let body = response.json();
+    assert_eq!(body["error"]["code"], "dify_stream_error", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the function's time limit")),
+        "{body}"
+    );
+    let finished = response.raw.finished.expect("a complete response");
+    assert!(finished.saturating_duration_since(response.delivered) < TIMEOUT);
 }

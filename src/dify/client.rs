@@ -112,9 +112,12 @@ impl DifyClient {
         // the request's start) ends the answer too; outside a request, the limit from now.
         let mut deadline = tokio::time::Instant::now() + self.limits.total;
         let mut limit = format!("the limit of {} s", self.limits.total.as_secs());
-        if let Some(request) = Deadline::current().filter(|d| d.at < deadline) {
-            deadline = request.at;
-            limit = request.describe();
+        if let Some(request) = Deadline::current() {
+            request.mark_started();
+            if request.at < deadline {
+                deadline = request.at;
+                limit = request.describe();
+            }
         }
         Ok(EventStream {
             body: Box::pin(response.bytes_stream()),
