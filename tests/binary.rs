@@ -153,6 +153,54 @@ async fn logs_name_models_but_never_secrets_or_prompts() {
     }
 }
 
+/// The most verbose levels, as a plain level and as directives naming the HTTP crates:
+/// still no key, no prompt and no answer text in the log.
+#[tokio::test]
+async fn at_trace_level_logs_hold_no_key_prompt_or_answer() {
+    let answer = support::events::fixture_answer("chat-app-stream.sse");
+    assert!(answer.len() > 20, "{answer}");
+    for (var, level) in [
+        ("RUST_LOG", "trace"),
+        ("AWS_LAMBDA_LOG_LEVEL", "TRACE"),
+        (
+            "RUST_LOG",
+            "trace,hyper=trace,reqwest=trace,axum=trace,tower_http=trace",
+        ),
+    ] {
+        let dify = FakeDify::start().await;
+        let vars = valid_vars(&dify);
+        let mut vars = refs(&vars);
+        vars.push((var, level));
+        let running = start(&vars);
+        exercise(&running.url, &dify).await;
+        // The last request's line is written as its answer ends: wait for it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while running.log().matches("status=").count() < 5 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let log = running.log();
+        // The level is in force: the request deadline is a debug line.
+        assert!(
+            log.contains("the request's time limit"),
+            "{var}={level}:\n{log}"
+        );
+        for secret in [
+            APP_KEY,
+            PROXY_KEY,
+            "binarytest",
+            PROMPT,
+            "quarterly",
+            "Bearer",
+            answer.as_str(),
+        ] {
+            assert!(
+                !log.contains(secret),
+                "{var}={level}: {secret:?} appears in the log:\n{log}"
+            );
+        }
+    }
+}
+
 #[test]
 fn stdout_stays_clean() {
     // Nothing but logs on stderr: stdout carries nothing a wrapper would have to filter.
