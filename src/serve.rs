@@ -9,21 +9,11 @@ mod nodelay;
 /// Where `pidfd_getfd` does not exist: nothing to set, nothing to probe.
 #[cfg(not(all(target_os = "linux", not(opendify_no_nodelay))))]
 mod nodelay {
-    /// Never made: [`TcpNoDelay::start`] says why and returns `None`.
-    #[derive(Clone)]
-    pub enum TcpNoDelay {}
-
-    impl TcpNoDelay {
-        pub fn start() -> Option<TcpNoDelay> {
-            tracing::info!(
-                "TCP_NODELAY on the Lambda runtime's connections: not available on this system (Linux only)"
-            );
-            None
-        }
-
-        pub fn wake(&self) {
-            match *self {}
-        }
+    pub fn start() -> Option<fn()> {
+        tracing::info!(
+            "TCP_NODELAY on the Lambda runtime's connections: not available on this system (Linux only)"
+        );
+        None
     }
 
     pub fn probe_child() -> Option<std::process::ExitCode> {
@@ -41,7 +31,10 @@ use http_body_util::BodyExt;
 use lambda_http::tower::ServiceBuilder;
 use tokio::net::TcpListener;
 
-use nodelay::TcpNoDelay;
+use crate::config::Config;
+use crate::state::AppState;
+use crate::store::dynamo::{StoreBudget, with_budget};
+use crate::store::{ConversationStore, DynamoStore, MemoryStore};
 
 /// When the binary was started as the `TCP_NODELAY` start-up probe (Lambda mode starts
 /// it, see `serve/nodelay.rs`): runs the probe and returns its exit code. `None` when
@@ -49,11 +42,6 @@ use nodelay::TcpNoDelay;
 pub fn tcp_nodelay_probe_child() -> Option<std::process::ExitCode> {
     nodelay::probe_child()
 }
-
-use crate::config::Config;
-use crate::state::AppState;
-use crate::store::dynamo::{StoreBudget, with_budget};
-use crate::store::{ConversationStore, DynamoStore, MemoryStore};
 
 /// Builds the state for `config` and serves until stopped: through the Lambda Runtime API
 /// when `lambda`, else on `SERVER_HOST:SERVER_PORT` until Ctrl-C or SIGTERM. `aws` is the
@@ -86,15 +74,15 @@ pub async fn serve(config: Config, lambda: bool, aws: Option<SdkConfig>) -> Resu
 /// time when it is unset or 1 (classic Lambda). `lambda_runtime` reads the variable.
 /// `tcp_nodelay` is `LAMBDA_TCP_NODELAY` (true for `auto`).
 async fn serve_lambda(app: Router, tcp_nodelay: bool) -> Result<(), String> {
-    let sockets = if tcp_nodelay {
-        TcpNoDelay::start()
+    let wake = if tcp_nodelay {
+        nodelay::start()
     } else {
         tracing::info!(
             "TCP_NODELAY on the Lambda runtime's connections: off (LAMBDA_TCP_NODELAY=off); streamed tokens may reach the client up to ~40 ms late"
         );
         None
     };
-    let Some(sockets) = sockets else {
+    let Some(wake) = wake else {
         return lambda_http::run_with_streaming_response_concurrent(app)
             .await
             .map_err(|e| e.to_string());
@@ -104,12 +92,12 @@ async fn serve_lambda(app: Router, tcp_nodelay: bool) -> Result<(), String> {
     // only the head and the prelude went out on it: TCP_NODELAY now also pushes those.
     let app = ServiceBuilder::new()
         .map_response(move |response: axum::response::Response| {
-            let sockets = sockets.clone();
+            let wake = wake.clone();
             let mut first = true;
             response.map(|body| {
                 body.map_frame(move |frame| {
                     if std::mem::take(&mut first) {
-                        sockets.wake();
+                        wake();
                     }
                     frame
                 })

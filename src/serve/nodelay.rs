@@ -57,9 +57,16 @@ const PROBING: u8 = 0;
 const ENABLED: u8 = 1;
 const DISABLED: u8 = 2;
 
+/// Starts the thread that sets `TCP_NODELAY` on the runtime's new connections (after the
+/// start-up probe); returns what a response calls as it starts streaming, or `None` if
+/// the thread could not start (logged).
+pub fn start() -> Option<impl Fn() + Clone + Send + Sync + 'static> {
+    TcpNoDelay::start().map(|sockets| move || sockets.wake())
+}
+
 /// The handle responses use: wakes the thread that sets `TCP_NODELAY` on new sockets.
 #[derive(Clone)]
-pub struct TcpNoDelay {
+struct TcpNoDelay {
     shared: Arc<Shared>,
     thread: Thread,
 }
@@ -73,7 +80,7 @@ struct Shared {
 impl TcpNoDelay {
     /// Starts the thread, which first runs the probe child (this binary again), then
     /// waits for wake-ups. `None` if even the thread could not start (logged).
-    pub fn start() -> Option<TcpNoDelay> {
+    fn start() -> Option<TcpNoDelay> {
         // Detached: the thread lives as long as the process.
         TcpNoDelay::start_with(|| match std::env::current_exe() {
             Ok(exe) => run_probe_child(&exe),
@@ -114,7 +121,7 @@ impl TcpNoDelay {
 
     /// Asks for a scan soon; returns at once. Called as each response starts streaming:
     /// by then the runtime has the connection it streams the response on.
-    pub fn wake(&self) {
+    fn wake(&self) {
         if self.shared.state.load(Ordering::Relaxed) == DISABLED {
             return;
         }
