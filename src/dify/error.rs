@@ -21,6 +21,10 @@ pub enum DifyError {
         message: String,
         retry_after: Option<String>,
     },
+    /// A 3xx answer: redirects are never followed (they could carry the app key to another
+    /// host). `location` is the target's path only, without query or credentials.
+    #[error("Dify answered a redirect (HTTP {status} to {location})")]
+    Redirect { status: u16, location: String },
     /// An `error` event inside a stream.
     #[error("Dify reported an error ({code}): {message}")]
     Event {
@@ -42,6 +46,9 @@ impl DifyError {
             DifyError::Event { code, status, .. } => format!("error event {code} ({status:?})"),
             DifyError::Timeout(t) => format!("no response head within {} s", t.as_secs()),
             DifyError::Unreachable(cause) => format!("unreachable: {cause}"),
+            DifyError::Redirect { status, location } => {
+                format!("redirect HTTP {status} to {location}")
+            }
             DifyError::Stream(cause) => cause.clone(),
         }
     }
