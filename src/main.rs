@@ -10,6 +10,10 @@ use opendify::Config;
 use opendify::config::{ConfigErrors, ssm};
 
 fn main() -> ExitCode {
+    // Before anything else: the TCP_NODELAY start-up probe runs this binary again.
+    if let Some(code) = opendify::serve::tcp_nodelay_probe_child() {
+        return code;
+    }
     let lambda = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some();
     opendify::telemetry::init(lambda);
 

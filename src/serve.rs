@@ -1,7 +1,25 @@
 //! Serving the router, the same way in production and in tests: under the Lambda runtime
 //! (response streaming), or on a local socket with the socket options streaming needs.
 
+// The Linux-only module, left out elsewhere and under `--cfg opendify_no_nodelay` (how CI
+// checks on Linux that the crate builds without it); Cargo.toml gates rustix the same way.
+#[cfg(all(target_os = "linux", not(opendify_no_nodelay)))]
 mod nodelay;
+
+/// Where `pidfd_getfd` does not exist: nothing to set, nothing to probe.
+#[cfg(not(all(target_os = "linux", not(opendify_no_nodelay))))]
+mod nodelay {
+    pub fn start() -> Option<fn()> {
+        tracing::info!(
+            "TCP_NODELAY on the Lambda runtime's connections: not available on this system (Linux only)"
+        );
+        None
+    }
+
+    pub fn probe_child() -> Option<std::process::ExitCode> {
+        None
+    }
+}
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,19 +31,25 @@ use http_body_util::BodyExt;
 use lambda_http::tower::ServiceBuilder;
 use tokio::net::TcpListener;
 
-pub use nodelay::TcpNoDelay;
-
 use crate::config::Config;
 use crate::config::store::StoreKind;
 use crate::state::AppState;
 use crate::store::dynamo::{StoreBudget, with_budget};
 use crate::store::{ConversationStore, DynamoStore, MemoryStore, SqliteStore};
 
+/// When the binary was started as the `TCP_NODELAY` start-up probe (Lambda mode starts
+/// it, see `serve/nodelay.rs`): runs the probe and returns its exit code. `None` when
+/// started normally. `main` calls it first.
+pub fn tcp_nodelay_probe_child() -> Option<std::process::ExitCode> {
+    nodelay::probe_child()
+}
+
 /// Builds the state for `config` and serves until stopped: through the Lambda Runtime API
 /// when `lambda`, else on `SERVER_HOST:SERVER_PORT` until Ctrl-C or SIGTERM. `aws` is the
 /// AWS configuration if `main` already loaded it (for SSM), so it is loaded once.
 pub async fn serve(config: Config, lambda: bool, aws: Option<SdkConfig>) -> Result<(), String> {
     let address = format!("{}:{}", config.server_host, config.server_port);
+    let tcp_nodelay = config.lambda_tcp_nodelay;
     let store = conversation_store(&config, lambda, aws).await?;
     let state = AppState::new(config, store)
         .map_err(|e| format!("could not create the HTTP client: {e}"))?;
@@ -33,7 +57,7 @@ pub async fn serve(config: Config, lambda: bool, aws: Option<SdkConfig>) -> Resu
     let app = crate::app(state);
 
     if lambda {
-        return serve_lambda(app).await;
+        return serve_lambda(app, tcp_nodelay).await;
     }
     let listener = TcpListener::bind(&address).await.map_err(|e| {
         format!("could not listen on {address}: {e}. Set SERVER_HOST/SERVER_PORT to a free address, or stop what is using it.")
@@ -48,19 +72,32 @@ pub async fn serve(config: Config, lambda: bool, aws: Option<SdkConfig>) -> Resu
 /// Serves `app` through the Lambda Runtime API with response streaming: up to
 /// `AWS_LAMBDA_MAX_CONCURRENCY` invocations at once (Lambda Managed Instances), one at a
 /// time when it is unset or 1 (classic Lambda). `lambda_runtime` reads the variable.
-async fn serve_lambda(app: Router) -> Result<(), String> {
-    let sockets = Arc::new(TcpNoDelay::new());
+/// `tcp_nodelay` is `LAMBDA_TCP_NODELAY` (true for `auto`).
+async fn serve_lambda(app: Router, tcp_nodelay: bool) -> Result<(), String> {
+    let wake = if tcp_nodelay {
+        nodelay::start()
+    } else {
+        tracing::info!(
+            "TCP_NODELAY on the Lambda runtime's connections: off (LAMBDA_TCP_NODELAY=off); streamed tokens may reach the client up to ~40 ms late"
+        );
+        None
+    };
+    let Some(wake) = wake else {
+        return lambda_http::run_with_streaming_response_concurrent(app)
+            .await
+            .map_err(|e| e.to_string());
+    };
     // When the first body frame is ready, the runtime has the connection it streams the
     // response on (kept from `/next`, or new: `cargo lambda watch` closes each one), and
     // only the head and the prelude went out on it: TCP_NODELAY now also pushes those.
     let app = ServiceBuilder::new()
         .map_response(move |response: axum::response::Response| {
-            let sockets = sockets.clone();
+            let wake = wake.clone();
             let mut first = true;
             response.map(|body| {
                 body.map_frame(move |frame| {
                     if std::mem::take(&mut first) {
-                        sockets.apply();
+                        wake();
                     }
                     frame
                 })

@@ -36,7 +36,11 @@ struct Function {
 impl Function {
     /// Starts the binary the way Lambda does: only the runtime's variables plus `vars`.
     fn spawn(runtime: &FakeRuntime, vars: &[(&str, &str)]) -> Function {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_opendify"));
+        Function::spawn_as(Command::new(env!("CARGO_BIN_EXE_opendify")), runtime, vars)
+    }
+
+    /// [`spawn`](Self::spawn) through `command`, which must end up running the binary.
+    fn spawn_as(mut command: Command, runtime: &FakeRuntime, vars: &[(&str, &str)]) -> Function {
         command
             .env_clear()
             .env("AWS_LAMBDA_RUNTIME_API", runtime.runtime_api())
@@ -69,15 +73,50 @@ impl Function {
 
     /// A correctly configured function in front of `dify`.
     fn serving(runtime: &FakeRuntime, dify: &FakeDify) -> Function {
-        let models = format!(r#"{{"{MODEL}":"{APP_KEY}"}}"#);
-        Function::spawn(
+        Function::serving_with(runtime, dify, &[])
+    }
+
+    /// [`serving`](Self::serving), with more variables.
+    fn serving_with(runtime: &FakeRuntime, dify: &FakeDify, more: &[(&str, &str)]) -> Function {
+        Function::serving_as(
+            Command::new(env!("CARGO_BIN_EXE_opendify")),
             runtime,
-            &[
-                ("DIFY_API_BASE", &dify.base_url()),
-                ("MODEL_CONFIG", &models),
-                ("PROXY_API_KEYS", PROXY_KEY),
-            ],
+            dify,
+            more,
         )
+    }
+
+    fn serving_as(
+        command: Command,
+        runtime: &FakeRuntime,
+        dify: &FakeDify,
+        more: &[(&str, &str)],
+    ) -> Function {
+        let models = format!(r#"{{"{MODEL}":"{APP_KEY}"}}"#);
+        let base = dify.base_url();
+        let mut vars = vec![
+            ("DIFY_API_BASE", base.as_str()),
+            ("MODEL_CONFIG", models.as_str()),
+            ("PROXY_API_KEYS", PROXY_KEY),
+        ];
+        vars.extend_from_slice(more);
+        Function::spawn_as(command, runtime, &vars)
+    }
+
+    /// The log line containing `needle`, once it is written (up to `WAIT`), or a panic
+    /// that shows the logs.
+    async fn log_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let logs = self.logs();
+            if let Some(line) = logs.lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            if Instant::now() >= deadline {
+                panic!("no log line with {needle:?} within {WAIT:?}\n{logs}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Waits up to `timeout` for the process to exit, then collects all its output.
@@ -725,19 +764,18 @@ mod first_token {
     }
 }
 
-/// Finding B (tests/benches/RESULTS.md): with Nagle on the runtime's connection to the
-/// Runtime API, the first word of an answer Dify sends at once reached the Runtime API
-/// ~40 ms after it would have reached a local client (a delayed ACK, every time). The
-/// local server in the same run is the baseline; 15 ms of margin keeps a loaded machine
-/// from failing the test and still catches the 40 ms stall.
-async fn assert_first_token_not_held_back(runtime: FakeRuntime) {
+/// The first word's time under the Lambda runtime and locally, alternating, `RUNS` of
+/// each after 2 warm-ups, for an answer Dify sends at once; and the function, for its logs.
+async fn first_token_times(
+    runtime: &FakeRuntime,
+    more: &[(&str, &str)],
+) -> (Vec<Duration>, Vec<Duration>, Function) {
     const RUNS: usize = 15;
-    const MARGIN: Duration = Duration::from_millis(15);
     let dify = FakeDify::start().await;
     let words: Vec<String> = (0..40).map(|i| format!(" w{i}")).collect();
     let text = format!("{}{}", first_token::FIRST_WORD, words.concat());
     dify.set(APP_KEY, Scenario::answer(text.clone()));
-    let function = Function::serving(&runtime, &dify);
+    let function = Function::serving_with(runtime, &dify, more);
     let models = format!(r#"{{"{MODEL}":"{APP_KEY}"}}"#);
     let base = dify.base_url();
     let local = support::process::start(&[
@@ -755,13 +793,24 @@ async fn assert_first_token_not_held_back(runtime: FakeRuntime) {
     let (mut lambda, mut local_times) = (Vec::new(), Vec::new());
     for i in 0..RUNS + 2 {
         // Alternating, so load on the machine hits both arms alike; 2 warm-ups each.
-        let l = first_token::lambda(&runtime, &function, &event).await;
+        let l = first_token::lambda(runtime, &function, &event).await;
         let h = first_token::local(&client, &local.url, &body).await;
         if i >= 2 {
             lambda.push(l);
             local_times.push(h);
         }
     }
+    (lambda, local_times, function)
+}
+
+/// Finding B (tests/benches/RESULTS.md): with Nagle on the runtime's connection to the
+/// Runtime API, the first word of an answer Dify sends at once reached the Runtime API
+/// ~40 ms after it would have reached a local client (a delayed ACK, every time). The
+/// local server in the same run is the baseline; 15 ms of margin keeps a loaded machine
+/// from failing the test and still catches the 40 ms stall.
+async fn assert_first_token_not_held_back(runtime: FakeRuntime) {
+    const MARGIN: Duration = Duration::from_millis(15);
+    let (lambda, local_times, function) = first_token_times(&runtime, &[]).await;
     let (l, h) = (
         first_token::median(lambda.clone()),
         first_token::median(local_times.clone()),
@@ -775,11 +824,153 @@ async fn assert_first_token_not_held_back(runtime: FakeRuntime) {
          apart: the Nagle stall is back)\nLambda: {lambda:?}\nlocal: {local_times:?}\n{}",
         function.logs()
     );
+    // The start-up probe ran (as a child process) and allowed the fix.
+    let line = function
+        .log_line("TCP_NODELAY on the Lambda runtime's connections:")
+        .await;
+    assert!(
+        line.contains("enabled (start-up probe passed in "),
+        "{line}\n{}",
+        function.logs()
+    );
 }
 
 #[tokio::test]
 async fn the_first_token_is_not_held_back_under_the_lambda_runtime() {
     assert_first_token_not_held_back(FakeRuntime::start().await).await;
+}
+
+/// `LAMBDA_TCP_NODELAY=off`: no probe, nothing set, and so the stall the fix removes is
+/// back. The delayed ACK the first word waits for takes at least 40 ms on Linux; load
+/// only adds to it, so 30 ms is a floor a busy machine cannot break.
+#[tokio::test]
+async fn with_lambda_tcp_nodelay_off_the_first_token_waits_for_the_delayed_ack() {
+    const FLOOR: Duration = Duration::from_millis(30);
+    let runtime = FakeRuntime::start().await;
+    let (lambda, local_times, function) =
+        first_token_times(&runtime, &[("LAMBDA_TCP_NODELAY", "off")]).await;
+    let l = first_token::median(lambda.clone());
+    println!(
+        "first word with LAMBDA_TCP_NODELAY=off: median {l:?}\nLambda: {lambda:?}\nlocal: {local_times:?}"
+    );
+    let line = function
+        .log_line("TCP_NODELAY on the Lambda runtime's connections:")
+        .await;
+    assert_eq!(
+        line.trim_start_matches(|c: char| c != 'T'),
+        "TCP_NODELAY on the Lambda runtime's connections: off (LAMBDA_TCP_NODELAY=off); \
+         streamed tokens may reach the client up to ~40 ms late",
+        "{}",
+        function.logs()
+    );
+    assert!(
+        l >= FLOOR,
+        "first word with the fix off: median {l:?}, under {FLOOR:?}: was TCP_NODELAY set \
+         anyway?\nLambda: {lambda:?}\nlocal: {local_times:?}\n{}",
+        function.logs()
+    );
+    assert!(
+        !function.logs().contains("start-up probe"),
+        "{}",
+        function.logs()
+    );
+}
+
+/// A sandbox that answers `pidfd_getfd` with a kill (seccomp), an EPERM or an ENOSYS,
+/// reproduced with a seccomp filter (`SECCOMP_EXEC`): the function says why the fix is
+/// off and streams answers as before. Were the call made in the function's own process,
+/// the kill would take it down at its first answer.
+#[tokio::test]
+async fn a_sandbox_that_forbids_pidfd_getfd_costs_one_warning_not_the_function() {
+    let dify = FakeDify::start().await;
+    dify.set(APP_KEY, Scenario::answer("Still here".to_string()));
+    for (action, cause) in [
+        (
+            "kill",
+            "disabled, the start-up probe was killed by signal 31 (SIGSYS: a seccomp filter \
+             forbids one of its system calls)",
+        ),
+        (
+            "eperm",
+            "disabled, pidfd_getfd is not permitted here (Operation not permitted (os error 1))",
+        ),
+        (
+            "enosys",
+            "disabled, this kernel does not have pidfd_getfd (Linux 5.6 or later has it: \
+             Function not implemented (os error 38))",
+        ),
+    ] {
+        let runtime = FakeRuntime::start().await;
+        let function = Function::serving_as(under_seccomp(action), &runtime, &dify, &[]);
+        let line = function
+            .log_line("TCP_NODELAY on the Lambda runtime's connections:")
+            .await;
+        assert!(
+            line.contains(cause) && line.contains("LAMBDA_TCP_NODELAY=off skips the probe"),
+            "{action}: {line}\n{}",
+            function.logs()
+        );
+        assert!(line.contains("WARN"), "{action}: {line}");
+        for _ in 0..2 {
+            let id = runtime.invoke(event_text("chat-streaming.json"));
+            let response = function.response(&runtime, &id).await;
+            assert_eq!(response.status, 200, "{action}: {}", response.body_text());
+            let text: String = sse_events(&response)
+                .iter()
+                .filter_map(|e| delta_content(&e.data))
+                .collect();
+            assert_eq!(text, "Still here", "{action}: {}", response.body_text());
+            assert!(response.body.ends_with(b"data: [DONE]\n\n"), "{action}");
+        }
+        let logs = function.logs();
+        assert_eq!(
+            logs.matches("TCP_NODELAY on the Lambda runtime's connections")
+                .count(),
+            1,
+            "{action}: one line\n{logs}"
+        );
+    }
+}
+
+/// Runs the binary under a seccomp filter that answers `pidfd_getfd` (438 on x86_64 and
+/// aarch64) with `argv[1]`: kill the process, EPERM or ENOSYS. The filter is inherited by
+/// the probe child. Python's ctypes, because the crate forbids `unsafe`.
+const SECCOMP_EXEC: &str = r#"
+import ctypes, os, struct, sys
+action, program = sys.argv[1], sys.argv[2]
+ret = {"kill": 0x80000000, "eperm": 0x00050000 | 1, "enosys": 0x00050000 | 38}[action]
+code = b"".join(struct.pack("=HBBI", *i) for i in [
+    (0x20, 0, 0, 0),            # load seccomp_data.nr
+    (0x15, 0, 1, 438),          # == pidfd_getfd ?
+    (0x06, 0, 0, ret),          # yes: the action
+    (0x06, 0, 0, 0x7fff0000),   # no: allow
+])
+buf = ctypes.create_string_buffer(code, len(code))
+class Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+prog = Prog(4, ctypes.addressof(buf))
+libc = ctypes.CDLL(None, use_errno=True)
+ul = ctypes.c_ulong
+if libc.prctl(38, ul(1), ul(0), ul(0), ul(0)) != 0 or         libc.prctl(22, ul(2), ctypes.byref(prog), ul(0), ul(0)) != 0:
+    sys.exit("cannot install the seccomp filter: " + os.strerror(ctypes.get_errno()))
+os.execv(program, [program])
+"#;
+
+fn under_seccomp(action: &str) -> Command {
+    let python = std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join("python3"))
+                .find(|p| p.is_file())
+        })
+        .expect("python3 on PATH");
+    let mut command = Command::new(python);
+    command
+        .arg("-c")
+        .arg(SECCOMP_EXEC)
+        .arg(action)
+        .arg(env!("CARGO_BIN_EXE_opendify"));
+    command
 }
 
 /// The most invocations whose [hand-out, response end] overlap at one moment.

@@ -251,6 +251,9 @@ pub struct Config {
     pub cors: Cors,
     /// `REASONING_MODE` and `CITATIONS`.
     pub answer: AnswerOptions,
+    /// `LAMBDA_TCP_NODELAY`: `auto` (true) probes at start and, if allowed, sets
+    /// `TCP_NODELAY` on the Lambda runtime's connections (src/serve/nodelay.rs); `off`.
+    pub lambda_tcp_nodelay: bool,
 }
 
 /// One configuration problem. Kept as data rather than a sentence so that saying where a
@@ -538,6 +541,19 @@ impl Config {
             }
         };
 
+        let lambda_tcp_nodelay = match get("LAMBDA_TCP_NODELAY").map(|v| v.trim().to_string()) {
+            None => true,
+            Some(v) if v.eq_ignore_ascii_case("auto") => true,
+            Some(v) if v.eq_ignore_ascii_case("off") => false,
+            Some(v) => {
+                problems.push(Problem::new(
+                    "LAMBDA_TCP_NODELAY",
+                    format!("is {v:?}: use auto (set TCP_NODELAY on the Lambda runtime's connections if a start-up probe allows it) or off"),
+                ));
+                true
+            }
+        };
+
         match dify_api_base {
             Some(dify_api_base) if problems.is_empty() => Ok(Config {
                 dify_api_base,
@@ -563,6 +579,7 @@ impl Config {
                     reasoning,
                     citations,
                 },
+                lambda_tcp_nodelay,
             }),
             _ => Err(ConfigErrors(problems)),
         }
@@ -929,6 +946,27 @@ mod tests {
         );
         assert!(
             errs.contains("CITATIONS is \"footnotes\": use off or sources"),
+            "{errs}"
+        );
+    }
+
+    #[test]
+    fn lambda_tcp_nodelay_setting() {
+        assert!(
+            config(&valid()).unwrap().lambda_tcp_nodelay,
+            "auto by default"
+        );
+        for (value, on) in [("auto", true), (" OFF ", false), ("off", false)] {
+            let mut vars = valid();
+            vars.push(("LAMBDA_TCP_NODELAY", value));
+            assert_eq!(config(&vars).unwrap().lambda_tcp_nodelay, on, "{value:?}");
+        }
+        let mut vars = valid();
+        vars.extend([("LAMBDA_TCP_NODELAY", "no"), ("CITATIONS", "footnotes")]);
+        let errs = config(&vars).unwrap_err().to_string();
+        assert!(errs.contains("2 problems"), "listed with the rest: {errs}");
+        assert!(
+            errs.contains("LAMBDA_TCP_NODELAY is \"no\": use auto (set TCP_NODELAY"),
             "{errs}"
         );
     }
