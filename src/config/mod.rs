@@ -197,6 +197,11 @@ pub struct Config {
     /// Continue conversations of clients that send no chat id by matching the history.
     pub history_matching: bool,
     pub cors: Cors,
+    /// `REMOTE_FILE_URLS`: which file URLs Dify may be asked to fetch.
+    pub remote_file_urls: crate::plan::remote_url::RemoteFileUrls,
+    /// `PARSE_BUDGET_BYTES`: most request bytes (plus each parse's structure allowance)
+    /// being parsed at once across the process.
+    pub parse_budget_bytes: usize,
     /// `REASONING_MODE` and `CITATIONS`.
     pub answer: AnswerOptions,
 }
@@ -472,6 +477,8 @@ impl Config {
                 ReasoningMode::Separate
             }
         };
+        let (remote_file_urls, parse_budget_bytes) =
+            request_safety(&get, max_request_bytes, &mut problems);
         let citations = match get("CITATIONS").map(|v| v.trim().to_string()) {
             None => Citations::Off,
             Some(v) if v.eq_ignore_ascii_case("off") => Citations::Off,
@@ -505,6 +512,8 @@ impl Config {
                 chat_id_header,
                 history_matching,
                 cors,
+                remote_file_urls,
+                parse_budget_bytes,
                 answer: AnswerOptions {
                     reasoning,
                     citations,
@@ -688,6 +697,44 @@ fn whole_number(
             default
         }
     }
+}
+
+/// Default of `PARSE_BUDGET_BYTES`: ten 6 MiB bodies with their structure allowance.
+pub const DEFAULT_PARSE_BUDGET_BYTES: usize = 96 * 1024 * 1024;
+
+/// `REMOTE_FILE_URLS` and `PARSE_BUDGET_BYTES`. The budget must hold one request of the
+/// largest size with its structure allowance, or such a request could never be parsed.
+fn request_safety(
+    get: &impl Fn(&str) -> Option<String>,
+    max_request_bytes: usize,
+    problems: &mut Vec<Problem>,
+) -> (crate::plan::remote_url::RemoteFileUrls, usize) {
+    use crate::plan::remote_url::RemoteFileUrls;
+    let remote = match get("REMOTE_FILE_URLS") {
+        None => RemoteFileUrls::default(),
+        Some(v) => RemoteFileUrls::parse(&v).unwrap_or_else(|| {
+            problems.push(Problem::new(
+                "REMOTE_FILE_URLS",
+                format!("is {:?}: use public (no internal addresses), any, or off (no remote file URLs)", v.trim()),
+            ));
+            RemoteFileUrls::default()
+        }),
+    };
+    let least = crate::openai::bounded::parse_weight(max_request_bytes);
+    let budget = match get("PARSE_BUDGET_BYTES") {
+        None => DEFAULT_PARSE_BUDGET_BYTES.max(least),
+        Some(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n >= least => n,
+            _ => {
+                problems.push(Problem::new(
+                    "PARSE_BUDGET_BYTES",
+                    format!("is {:?}: use a whole number of bytes, at least {least} (MAX_REQUEST_BYTES plus one parse's structure allowance)", v.trim()),
+                ));
+                DEFAULT_PARSE_BUDGET_BYTES
+            }
+        },
+    };
+    (remote, budget)
 }
 
 fn valid_table_name(name: &str) -> bool {

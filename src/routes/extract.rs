@@ -6,6 +6,13 @@ use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+pub use crate::openai::bounded::parse_weight;
+use crate::openai::bounded::{STRUCTURE_ALLOWANCE, with_allowance};
 
 use crate::error::{ApiError, json_error_text};
 use crate::openai::ChatCompletionRequest;
@@ -35,7 +42,40 @@ impl<T: JsonBody> FromRequest<AppState> for OpenAiJson<T> {
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
         check_content_type(request.headers())?;
         let bytes = read_body(request.into_body(), state.config().max_request_bytes).await?;
+        // Held until the parse is done; the raw body is dropped with it.
+        let _reserved = reserve(state.parse_budget(), bytes.len(), PARSE_BUDGET_WAIT).await?;
         parse_json(&bytes).map(OpenAiJson)
+    }
+}
+
+/// Requests refused because the parse budget stayed spent, since the process started.
+static BUSY: AtomicU64 = AtomicU64::new(0);
+
+/// How long a request waits for the parse budget before a 503: parses take milliseconds,
+/// so a wait this long means the process is flooded with large bodies.
+const PARSE_BUDGET_WAIT: Duration = Duration::from_secs(2);
+
+/// Takes a parse of `body_len` bytes' weight ([`parse_weight`]) from the process's parse
+/// budget (`PARSE_BUDGET_BYTES`), waiting up to `wait`; then the request is refused with
+/// a 503 and `retry-after`, never left to exhaust the memory other requests stream in.
+pub async fn reserve(
+    budget: &Arc<Semaphore>,
+    body_len: usize,
+    wait: Duration,
+) -> Result<OwnedSemaphorePermit, ApiError> {
+    // The configuration makes the budget hold one parse of the largest body.
+    let weight = u32::try_from(parse_weight(body_len)).unwrap_or(u32::MAX);
+    match tokio::time::timeout(wait, budget.clone().acquire_many_owned(weight)).await {
+        Ok(Ok(permit)) => Ok(permit),
+        Ok(Err(_)) | Err(_) => {
+            let n = BUSY.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(
+                body_bytes = body_len,
+                parse_budget_busy_total = n,
+                "refused a request: the parse budget stayed spent (PARSE_BUDGET_BYTES)"
+            );
+            Err(ApiError::Busy)
+        }
     }
 }
 
@@ -109,7 +149,9 @@ pub fn parse_json<T: JsonBody>(bytes: &[u8]) -> Result<T, ApiError> {
         );
     }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let parsed: Result<T, _> = serde_path_to_error::deserialize(&mut deserializer);
+    let parsed: Result<T, _> = with_allowance(STRUCTURE_ALLOWANCE, || {
+        serde_path_to_error::deserialize(&mut deserializer)
+    });
     match parsed {
         Ok(request) => match deserializer.end() {
             Ok(()) => Ok(request),
@@ -130,6 +172,11 @@ pub fn parse_json<T: JsonBody>(bytes: &[u8]) -> Result<T, ApiError> {
                 Err(ApiError::bad_request(
                     format!("Invalid request{at}: {}.", json_error_text(&inner)),
                     param,
+                ))
+            } else if json_error_text(&inner) == "recursion limit exceeded" {
+                Err(ApiError::bad_request(
+                    "The request body is nested too deeply: JSON nested more than 128 levels is refused.",
+                    None,
                 ))
             } else {
                 Err(ApiError::bad_request(
