@@ -123,6 +123,11 @@ pub fn parse_request(bytes: &[u8]) -> Result<ChatCompletionRequest, ApiError> {
     parse_json(bytes)
 }
 
+/// The Responses body exactly as the route parses it (the fuzz targets use this).
+pub fn parse_responses_request(bytes: &[u8]) -> Result<ResponsesRequest, ApiError> {
+    parse_json(bytes)
+}
+
 /// JSON syntax errors and type errors get different messages; type errors name the field.
 pub fn parse_json<T: JsonBody>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -197,6 +202,31 @@ mod tests {
             Err(ApiError::BadRequest { message, param }) => (message, param),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spent_parse_budget_is_a_503_with_retry_after_once_the_wait_is_over() {
+        let weight = parse_weight(1000);
+        let budget = Arc::new(Semaphore::new(weight + 10));
+        let held = reserve(&budget, 1000, Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(budget.available_permits(), 10);
+        // Spent: the second parse waits, then is refused (time is paused, so the wait
+        // passes at once).
+        let refused = reserve(&budget, 1000, Duration::from_secs(2)).await;
+        let client = crate::error::ClientError::from(&refused.unwrap_err());
+        assert_eq!(client.status, 503);
+        assert_eq!(client.retry_after.as_deref(), Some("1"));
+        assert_eq!(client.body.error.code.as_deref(), Some("server_busy"));
+        // Freed within the wait: the waiting parse goes ahead.
+        let waiting = tokio::spawn({
+            let budget = budget.clone();
+            async move { reserve(&budget, 1000, Duration::from_secs(2)).await.is_ok() }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        drop(held);
+        assert!(waiting.await.unwrap());
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod linear;
 mod models;
 mod provider_errors;
 mod reasoning;
+mod request_safety;
 mod responses;
 mod stream_ends;
 mod unsupported;
