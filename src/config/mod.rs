@@ -927,6 +927,47 @@ mod tests {
     }
 
     #[test]
+    fn request_safety_settings() {
+        use crate::plan::remote_url::RemoteFileUrls;
+        let c = config(&valid()).unwrap();
+        assert_eq!(c.remote_file_urls, RemoteFileUrls::Public);
+        assert_eq!(c.parse_budget_bytes, DEFAULT_PARSE_BUDGET_BYTES);
+        let mut vars = valid();
+        vars.extend([
+            ("REMOTE_FILE_URLS", " Any "),
+            ("PARSE_BUDGET_BYTES", "20000000"),
+        ]);
+        let c = config(&vars).unwrap();
+        assert_eq!(c.remote_file_urls, RemoteFileUrls::Any);
+        assert_eq!(c.parse_budget_bytes, 20_000_000);
+        // The budget must hold one parse of the largest body.
+        let mut vars = valid();
+        vars.extend([
+            ("REMOTE_FILE_URLS", "all"),
+            ("PARSE_BUDGET_BYTES", "1000"),
+            ("MAX_REQUEST_BYTES", "65536000"),
+        ]);
+        let errs = config(&vars).unwrap_err().to_string();
+        assert!(errs.contains("2 problems"), "{errs}");
+        assert!(
+            errs.contains(
+                "REMOTE_FILE_URLS is \"all\": use public (no internal addresses), any, or off"
+            ),
+            "{errs}"
+        );
+        assert!(
+            errs.contains(
+                "PARSE_BUDGET_BYTES is \"1000\": use a whole number of bytes, at least 135266304"
+            ),
+            "{errs}"
+        );
+        // A large MAX_REQUEST_BYTES raises the default budget to fit it.
+        let mut vars = valid();
+        vars.push(("MAX_REQUEST_BYTES", "65536000"));
+        assert_eq!(config(&vars).unwrap().parse_budget_bytes, 135_266_304);
+    }
+
+    #[test]
     fn conversation_settings() {
         let c = config(&valid()).unwrap();
         assert_eq!(c.conversation_table, None);
