@@ -8,6 +8,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use serde_json::{Map, Value};
 use url::{Host, Url};
 
 use crate::error::ApiError;
@@ -43,6 +44,47 @@ pub fn check(files: &[Attachment], policy: RemoteFileUrls) -> Result<(), ApiErro
     for file in files {
         if let Source::Remote { url, param } = &file.source {
             check_one(url, param, policy)?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a remote file a request put in the app's inputs (a workflow's file variable
+/// given as `{"transfer_method": "remote_url", "url": ...}`), which Dify fetches the same
+/// way. `defaults` are the model's own inputs from MODEL_CONFIG: the operator's, trusted.
+pub fn check_inputs(
+    inputs: &Map<String, Value>,
+    defaults: &Map<String, Value>,
+    policy: RemoteFileUrls,
+) -> Result<(), ApiError> {
+    for (name, value) in inputs {
+        if defaults.get(name) == Some(value) {
+            continue;
+        }
+        let param = format!("inputs.{name}");
+        match value {
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    check_input_file(item, &format!("{param}[{i}]"), policy)?;
+                }
+            }
+            other => check_input_file(other, &param, policy)?,
+        }
+    }
+    Ok(())
+}
+
+fn check_input_file(value: &Value, param: &str, policy: RemoteFileUrls) -> Result<(), ApiError> {
+    let Value::Object(file) = value else {
+        return Ok(());
+    };
+    if file.get("transfer_method").and_then(Value::as_str) != Some("remote_url") {
+        return Ok(());
+    }
+    // Dify reads `url`, and `remote_url` from older clients.
+    for key in ["url", "remote_url"] {
+        if let Some(url) = file.get(key).and_then(Value::as_str) {
+            check_one(url, &format!("{param}.{key}"), policy)?;
         }
     }
     Ok(())
@@ -254,6 +296,35 @@ mod tests {
             internal_host("http://[::ffff:10.0.0.1]/"),
             Some("a private address")
         );
+    }
+
+    #[test]
+    fn remote_files_in_inputs_are_checked_too() {
+        let defaults = serde_json::json!({"doc": {"transfer_method": "remote_url", "url": "http://10.0.0.5/handbook.pdf"}});
+        let defaults = defaults.as_object().unwrap();
+        let inputs = |v: serde_json::Value| v.as_object().unwrap().clone();
+        // The model's own default is the operator's: kept.
+        assert!(check_inputs(defaults, defaults, RemoteFileUrls::Public).is_ok());
+        for (value, param) in [
+            (
+                serde_json::json!({"doc": {"type": "document", "transfer_method": "remote_url", "url": "http://169.254.169.254/"}}),
+                "inputs.doc.url",
+            ),
+            (
+                serde_json::json!({"docs": [{"transfer_method": "local_file", "upload_file_id": "u"}, {"transfer_method": "remote_url", "remote_url": "http://localhost/x"}]}),
+                "inputs.docs[1].remote_url",
+            ),
+        ] {
+            match check_inputs(&inputs(value), defaults, RemoteFileUrls::Public) {
+                Err(ApiError::RemoteUrlRefused { param: p, .. }) => assert_eq!(p, param),
+                other => panic!("{other:?}"),
+            }
+        }
+        let public = inputs(
+            serde_json::json!({"doc": {"transfer_method": "remote_url", "url": "https://docs.example/a.pdf"}, "topic": "cats"}),
+        );
+        assert!(check_inputs(&public, defaults, RemoteFileUrls::Public).is_ok());
+        assert!(check_inputs(&public, defaults, RemoteFileUrls::Off).is_err());
     }
 
     #[test]

@@ -68,7 +68,9 @@ pub(super) async fn attach_files(
     turn: &mut Turn,
 ) -> Result<(), ApiError> {
     // First: a refused URL must not even cost a `/parameters` call.
-    remote_url::check(&turn.files, state.config().remote_file_urls)?;
+    let policy = state.config().remote_file_urls;
+    remote_url::check(&turn.files, policy)?;
+    remote_url::check_inputs(&turn.inputs, &model.inputs, policy)?;
     let file_variable = check_files(state, model, mode, name, turn).await?;
     upload_files(state, model.app_key.expose(), name, turn).await?;
     if let Some(field) = file_variable {

@@ -296,3 +296,32 @@ async fn too_many_content_parts_or_too_much_structure_is_a_400_naming_the_field(
     );
     assert!(app.dify.requests().is_empty());
 }
+
+#[tokio::test]
+async fn a_remote_file_in_the_app_inputs_is_checked_like_a_file_part() {
+    // A workflow's file variable can be filled through `inputs` with a remote URL, which
+    // Dify fetches the same way: the same rule applies.
+    let config = json!({
+        MODEL: {"key": APP_KEY, "request_inputs": ["doc"]},
+    })
+    .to_string();
+    let app = spawn_app_with(&[("MODEL_CONFIG", &config)]).await;
+    app.dify.set(APP_KEY, Scenario::answer("Read it."));
+    let with_doc = |url: &str| {
+        json!({"model": MODEL, "messages": [{"role": "user", "content": "Summarise the doc."}],
+               "inputs": {"doc": {"type": "document", "transfer_method": "remote_url", "url": url}}})
+    };
+    let (status, _, body) = app
+        .chat(with_doc("http://169.254.169.254/latest/meta-data/"))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "remote_url_refused");
+    assert_eq!(body["error"]["param"], "inputs.doc.url");
+    assert!(app.dify.requests().is_empty());
+    let (status, _, body) = app.chat(with_doc("https://docs.example/a.pdf")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        app.dify.requests()[0].body["inputs"]["doc"]["url"],
+        "https://docs.example/a.pdf"
+    );
+}
