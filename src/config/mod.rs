@@ -724,11 +724,12 @@ fn request_safety(
     let budget = match get("PARSE_BUDGET_BYTES") {
         None => DEFAULT_PARSE_BUDGET_BYTES.max(least),
         Some(v) => match v.trim().parse::<usize>() {
-            Ok(n) if n >= least => n,
+            // At most 1 TiB: more means no bound (and exceeds what a semaphore counts).
+            Ok(n) if n >= least && n <= 1 << 40 => n,
             _ => {
                 problems.push(Problem::new(
                     "PARSE_BUDGET_BYTES",
-                    format!("is {:?}: use a whole number of bytes, at least {least} (MAX_REQUEST_BYTES plus one parse's structure allowance)", v.trim()),
+                    format!("is {:?}: use a whole number of bytes, at least {least} (what one parse of a MAX_REQUEST_BYTES body may take: twice its bytes plus the 4 MiB structure allowance) and at most 1099511627776 (1 TiB)", v.trim()),
                 ));
                 DEFAULT_PARSE_BUDGET_BYTES
             }
@@ -961,6 +962,10 @@ mod tests {
             ),
             "{errs}"
         );
+        let mut vars = valid();
+        vars.push(("PARSE_BUDGET_BYTES", "18446744073709551615"));
+        let errs = config(&vars).unwrap_err().to_string();
+        assert!(errs.contains("at most 1099511627776"), "{errs}");
         // A large MAX_REQUEST_BYTES raises the default budget to fit it.
         let mut vars = valid();
         vars.push(("MAX_REQUEST_BYTES", "65536000"));
