@@ -23,6 +23,9 @@ struct Inner {
     started_at: i64,
     /// Each app's `/parameters` (input form, file upload), fetched when first needed.
     parameters: ParametersCache,
+    /// Bytes of request bodies being parsed at once (`PARSE_BUDGET_BYTES`; see
+    /// `routes::extract::reserve`).
+    parse_budget: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -33,6 +36,7 @@ impl AppState {
             max_bytes: config.max_upstream_bytes,
         };
         let dify = DifyClient::new(config.dify_api_base.clone(), config.dify_timeout, limits)?;
+        let parse_budget = Arc::new(tokio::sync::Semaphore::new(config.parse_budget_bytes));
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -41,6 +45,7 @@ impl AppState {
                 apps: Apps::new(),
                 started_at: crate::unix_now(),
                 parameters: ParametersCache::default(),
+                parse_budget,
             }),
         })
     }
@@ -51,6 +56,11 @@ impl AppState {
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// See [`crate::routes::extract::reserve`].
+    pub fn parse_budget(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.inner.parse_budget
     }
 
     pub fn dify(&self) -> &DifyClient {

@@ -412,3 +412,309 @@ async fn a_maximal_answer_fits_in_the_function_memory() {
         mib(stream_peak)
     );
 }
+
+/// Bodies just under the default MAX_REQUEST_BYTES (6 MiB) made of tiny JSON values,
+/// which cost many times their size once parsed unless the parse is bounded. Each:
+/// what it is, the path it goes to, the body, and the status the proxy must answer.
+fn hostile_bodies() -> Vec<(&'static str, &'static str, String, u16)> {
+    const SIZE: usize = 6 * 1024 * 1024 - 64 * 1024;
+    // `head`, then `item` repeated (comma-separated) up to SIZE, then `tail`.
+    let fill = |head: &str, item: &str, tail: &str| {
+        let n = (SIZE - head.len() - tail.len()) / (item.len() + 1);
+        let mut body = String::with_capacity(SIZE);
+        body.push_str(head);
+        for i in 0..n {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(item);
+        }
+        body.push_str(tail);
+        body
+    };
+    let chat = r#"{"model":"my-app","messages":[{"role":"user","content":"hi"}],"#;
+    let depth = (SIZE - 200) / 2;
+    let deep = format!(
+        r#"{chat}"metadata":{{"x":{}{}}}}}"#,
+        "[".repeat(depth),
+        "]".repeat(depth)
+    );
+    vec![
+        (
+            "metadata of tiny objects",
+            "/v1/chat/completions",
+            fill(&format!(r#"{chat}"metadata":{{"x":["#), r#"{"a":0}"#, "]}}"),
+            400,
+        ),
+        (
+            "thousands of empty content parts",
+            "/v1/chat/completions",
+            fill(
+                r#"{"model":"my-app","messages":[{"role":"user","content":["#,
+                "{}",
+                "]}]}",
+            ),
+            400,
+        ),
+        (
+            "thousands of empty text parts",
+            "/v1/chat/completions",
+            fill(
+                r#"{"model":"my-app","messages":[{"role":"user","content":["#,
+                r#"{"type":"text","text":""}"#,
+                "]}]}",
+            ),
+            400,
+        ),
+        (
+            "user as arrays",
+            "/v1/chat/completions",
+            fill(&format!(r#"{chat}"user":["#), "[]", "]}"),
+            400,
+        ),
+        ("deep nesting", "/v1/chat/completions", deep, 400),
+        (
+            "hundreds of thousands of messages",
+            "/v1/chat/completions",
+            fill(
+                r#"{"model":"my-app","messages":["#,
+                r#"{"role":"user","content":""}"#,
+                "]}",
+            ),
+            400,
+        ),
+        (
+            "inputs of tiny objects",
+            "/v1/chat/completions",
+            fill(&format!(r#"{chat}"inputs":{{"x":["#), r#"{"a":0}"#, "]}}"),
+            400,
+        ),
+        (
+            "an unknown field of tiny objects (skipped, answered)",
+            "/v1/chat/completions",
+            fill(&format!(r#"{chat}"x_unknown":["#), r#"{"a":0}"#, "]}"),
+            200,
+        ),
+        (
+            "Responses input of empty items",
+            "/v1/responses",
+            fill(r#"{"model":"my-app","input":["#, "{}", "]}"),
+            400,
+        ),
+        (
+            "Responses metadata of tiny objects",
+            "/v1/responses",
+            fill(
+                r#"{"model":"my-app","input":"hi","metadata":{"x":["#,
+                r#"{"a":0}"#,
+                "]}}",
+            ),
+            400,
+        ),
+    ]
+}
+
+/// Peak resident memory may grow by this much for any one body of the default maximum
+/// size (6 MiB): the body, its strings and the parse's structure allowance, with room.
+const HOSTILE_GROWTH_MIB: u64 = 64;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_bodies_cost_memory_by_their_bytes() {
+    let dify = FakeDify::start().await;
+    dify.set(APP_KEY, Scenario::Answer(AnswerSpec::new("Fine.")));
+    let vars = [
+        ("DIFY_API_BASE", dify.base_url()),
+        ("MODEL_CONFIG", format!(r#"{{"my-app":"{APP_KEY}"}}"#)),
+        ("PROXY_API_KEYS", PROXY_KEY.to_string()),
+    ];
+    let running = start(&refs(&vars));
+    let client = reqwest::Client::new();
+    // A small request first, so the baseline includes the runtime, pools and one parse.
+    let r = client
+        .post(format!("{}/v1/chat/completions", running.url))
+        .bearer_auth(PROXY_KEY)
+        .json(&json!({"model": "my-app", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, idle_peak) = running.memory_kib();
+    let mut report = Vec::new();
+    let mut over = Vec::new();
+    let mut wrong = Vec::new();
+    for (what, path, body, status) in hostile_bodies() {
+        let (_, before) = running.memory_kib();
+        let started = Instant::now();
+        let r = client
+            .post(format!("{}{path}", running.url))
+            .bearer_auth(PROXY_KEY)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}\n{}", running.log()));
+        let got = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        let elapsed = started.elapsed();
+        if got != status {
+            wrong.push(format!(
+                "{what}: status {got}, expected {status}: {text:.300}"
+            ));
+        } else if status == 400 {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            // The field at fault is named; nesting too deep is a syntax error, said so.
+            let message = v["error"]["message"].as_str().unwrap_or("");
+            let named = v["error"]["param"].is_string() || message.contains("nested too deeply");
+            if v["error"]["type"] != "invalid_request_error" || !named {
+                wrong.push(format!("{what}: {v}"));
+            }
+        }
+        let (_, after) = running.memory_kib();
+        let growth = after.saturating_sub(idle_peak);
+        report.push(format!(
+            "{what}: {:.1} MiB body, peak +{:.1} MiB over idle (+{:.1} by this body), {} in {elapsed:?}",
+            body.len() as f64 / 1048576.0,
+            growth as f64 / 1024.0,
+            after.saturating_sub(before) as f64 / 1024.0,
+            got
+        ));
+        if growth > HOSTILE_GROWTH_MIB * 1024 {
+            over.push(what);
+        }
+    }
+    println!(
+        "idle peak {:.1} MiB\n{}",
+        idle_peak as f64 / 1024.0,
+        report.join("\n")
+    );
+    assert!(
+        over.is_empty(),
+        "peak RSS grew over {HOSTILE_GROWTH_MIB} MiB for: {over:?}\n{}",
+        report.join("\n")
+    );
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // Still serving.
+    let r = client
+        .post(format!("{}/v1/chat/completions", running.url))
+        .bearer_auth(PROXY_KEY)
+        .json(&json!({"model": "my-app", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_hostile_bodies_at_once_leave_the_function_serving() {
+    // Lambda Managed Instances: one process takes 64 invocations at once. 64 hostile
+    // bodies queued together must each get an OpenAI-shaped answer (a 400 for the body,
+    // or a 503 with retry-after when the parse budget is spent), never an aborted
+    // invocation, and the function must answer a normal chat afterwards.
+    use support::lambda_runtime::FakeRuntime;
+    const STREAMS: usize = 64;
+    const WAIT: Duration = Duration::from_secs(120);
+    let dify = FakeDify::start().await;
+    dify.set(APP_KEY, Scenario::Answer(AnswerSpec::new("Fine.")));
+    let runtime = FakeRuntime::start().await;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_opendify"));
+    command
+        .env_clear()
+        .env("AWS_LAMBDA_RUNTIME_API", runtime.runtime_api())
+        .env("AWS_LAMBDA_FUNCTION_NAME", "opendify")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "2048")
+        .env("AWS_LAMBDA_MAX_CONCURRENCY", STREAMS.to_string())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("DIFY_API_BASE", dify.base_url())
+        .env("MODEL_CONFIG", format!(r#"{{"my-app":"{APP_KEY}"}}"#))
+        // The key the event files send.
+        .env("PROXY_API_KEYS", "local-dev-key")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().expect("cannot start the opendify binary");
+    let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let _readers = [
+        support::process::drain(child.stdout.take().unwrap(), logs.clone()),
+        support::process::drain(child.stderr.take().unwrap(), logs.clone()),
+    ];
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Kill(child);
+    let pid = child.0.id();
+    let log = || String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(
+        runtime.wait_for_polls(STREAMS, WAIT).await,
+        "{} polls of /next, expected {STREAMS}\n{}",
+        runtime.next_polls(),
+        log()
+    );
+    let template = support::events::event_json("chat-streaming.json");
+    let event = |path: &str, body: &str| {
+        let mut event = template.clone();
+        event["rawPath"] = path.into();
+        event["requestContext"]["http"]["path"] = path.into();
+        event["body"] = body.into();
+        event.to_string()
+    };
+    let bodies = hostile_bodies();
+    let ids: Vec<(String, &str)> = (0..STREAMS)
+        .map(|i| {
+            let (what, path, body, _) = &bodies[i % bodies.len()];
+            (runtime.invoke(event(path, body)), *what)
+        })
+        .collect();
+    drop(bodies);
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for (id, what) in &ids {
+        let invocation = runtime
+            .wait_for_response(id, WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}\n{}", log()));
+        let status = invocation.status;
+        *statuses.entry(status).or_default() += 1;
+        match status {
+            200 | 400 => {}
+            503 => assert!(
+                invocation.header("retry-after").is_some(),
+                "{what}: a 503 without retry-after"
+            ),
+            other => panic!("{what}: status {other}: {}", invocation.body_text()),
+        }
+        if status != 200 {
+            let body = invocation.json();
+            assert!(body["error"]["message"].is_string(), "{what}: {body}");
+        }
+    }
+    let hwm = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    println!(
+        "64 hostile bodies at once: statuses {statuses:?}, peak RSS {:.1} MiB",
+        hwm as f64 / 1024.0
+    );
+    // Still serving: a normal streamed chat.
+    let body =
+        json!({"model": "my-app", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let id = runtime.invoke(event("/v1/chat/completions", &body.to_string()));
+    let invocation = runtime
+        .wait_for_response(&id, WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", log()));
+    assert_eq!(invocation.status, 200, "{}", invocation.body_text());
+    assert!(
+        invocation.body_text().contains("Fine."),
+        "{}",
+        invocation.body_text()
+    );
+    drop(child);
+}

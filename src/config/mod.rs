@@ -249,6 +249,11 @@ pub struct Config {
     /// Continue conversations of clients that send no chat id by matching the history.
     pub history_matching: bool,
     pub cors: Cors,
+    /// `REMOTE_FILE_URLS`: which file URLs Dify may be asked to fetch.
+    pub remote_file_urls: crate::plan::remote_url::RemoteFileUrls,
+    /// `PARSE_BUDGET_BYTES`: most request bytes (plus each parse's structure allowance)
+    /// being parsed at once across the process.
+    pub parse_budget_bytes: usize,
     /// `REASONING_MODE` and `CITATIONS`.
     pub answer: AnswerOptions,
     /// `LAMBDA_TCP_NODELAY`: `auto` (true) probes at start and, if allowed, sets
@@ -528,6 +533,8 @@ impl Config {
                 ReasoningMode::Separate
             }
         };
+        let (remote_file_urls, parse_budget_bytes) =
+            request_safety(&get, max_request_bytes, &mut problems);
         let citations = match get("CITATIONS").map(|v| v.trim().to_string()) {
             None => Citations::Off,
             Some(v) if v.eq_ignore_ascii_case("off") => Citations::Off,
@@ -575,6 +582,8 @@ impl Config {
                 chat_id_header,
                 history_matching,
                 cors,
+                remote_file_urls,
+                parse_budget_bytes,
                 answer: AnswerOptions {
                     reasoning,
                     citations,
@@ -759,6 +768,45 @@ fn whole_number(
             default
         }
     }
+}
+
+/// Default of `PARSE_BUDGET_BYTES`: ten 6 MiB bodies with their structure allowance.
+pub const DEFAULT_PARSE_BUDGET_BYTES: usize = 96 * 1024 * 1024;
+
+/// `REMOTE_FILE_URLS` and `PARSE_BUDGET_BYTES`. The budget must hold one request of the
+/// largest size with its structure allowance, or such a request could never be parsed.
+fn request_safety(
+    get: &impl Fn(&str) -> Option<String>,
+    max_request_bytes: usize,
+    problems: &mut Vec<Problem>,
+) -> (crate::plan::remote_url::RemoteFileUrls, usize) {
+    use crate::plan::remote_url::RemoteFileUrls;
+    let remote = match get("REMOTE_FILE_URLS") {
+        None => RemoteFileUrls::default(),
+        Some(v) => RemoteFileUrls::parse(&v).unwrap_or_else(|| {
+            problems.push(Problem::new(
+                "REMOTE_FILE_URLS",
+                format!("is {:?}: use public (no internal addresses), any, or off (no remote file URLs)", v.trim()),
+            ));
+            RemoteFileUrls::default()
+        }),
+    };
+    let least = crate::openai::bounded::parse_weight(max_request_bytes);
+    let budget = match get("PARSE_BUDGET_BYTES") {
+        None => DEFAULT_PARSE_BUDGET_BYTES.max(least),
+        Some(v) => match v.trim().parse::<usize>() {
+            // At most 1 TiB: more means no bound (and exceeds what a semaphore counts).
+            Ok(n) if n >= least && n <= 1 << 40 => n,
+            _ => {
+                problems.push(Problem::new(
+                    "PARSE_BUDGET_BYTES",
+                    format!("is {:?}: use a whole number of bytes, at least {least} (what one parse of a MAX_REQUEST_BYTES body may take: twice its bytes plus the 4 MiB structure allowance) and at most 1099511627776 (1 TiB)", v.trim()),
+                ));
+                DEFAULT_PARSE_BUDGET_BYTES
+            }
+        },
+    };
+    (remote, budget)
 }
 
 fn valid_table_name(name: &str) -> bool {
@@ -969,6 +1017,51 @@ mod tests {
             errs.contains("LAMBDA_TCP_NODELAY is \"no\": use auto (set TCP_NODELAY"),
             "{errs}"
         );
+    }
+
+    #[test]
+    fn request_safety_settings() {
+        use crate::plan::remote_url::RemoteFileUrls;
+        let c = config(&valid()).unwrap();
+        assert_eq!(c.remote_file_urls, RemoteFileUrls::Public);
+        assert_eq!(c.parse_budget_bytes, DEFAULT_PARSE_BUDGET_BYTES);
+        let mut vars = valid();
+        vars.extend([
+            ("REMOTE_FILE_URLS", " Any "),
+            ("PARSE_BUDGET_BYTES", "20000000"),
+        ]);
+        let c = config(&vars).unwrap();
+        assert_eq!(c.remote_file_urls, RemoteFileUrls::Any);
+        assert_eq!(c.parse_budget_bytes, 20_000_000);
+        // The budget must hold one parse of the largest body.
+        let mut vars = valid();
+        vars.extend([
+            ("REMOTE_FILE_URLS", "all"),
+            ("PARSE_BUDGET_BYTES", "1000"),
+            ("MAX_REQUEST_BYTES", "65536000"),
+        ]);
+        let errs = config(&vars).unwrap_err().to_string();
+        assert!(errs.contains("2 problems"), "{errs}");
+        assert!(
+            errs.contains(
+                "REMOTE_FILE_URLS is \"all\": use public (no internal addresses), any, or off"
+            ),
+            "{errs}"
+        );
+        assert!(
+            errs.contains(
+                "PARSE_BUDGET_BYTES is \"1000\": use a whole number of bytes, at least 135266304"
+            ),
+            "{errs}"
+        );
+        let mut vars = valid();
+        vars.push(("PARSE_BUDGET_BYTES", "18446744073709551615"));
+        let errs = config(&vars).unwrap_err().to_string();
+        assert!(errs.contains("at most 1099511627776"), "{errs}");
+        // A large MAX_REQUEST_BYTES raises the default budget to fit it.
+        let mut vars = valid();
+        vars.push(("MAX_REQUEST_BYTES", "65536000"));
+        assert_eq!(config(&vars).unwrap().parse_budget_bytes, 135_266_304);
     }
 
     #[test]

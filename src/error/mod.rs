@@ -73,6 +73,14 @@ pub enum ApiError {
     },
     /// The conversation store failed where continuing needs it.
     StoreUnavailable,
+    /// A remote file URL that `REMOTE_FILE_URLS` does not let Dify fetch; `param` names it.
+    RemoteUrlRefused {
+        message: String,
+        param: String,
+    },
+    /// The process is parsing as many request bytes as it may at once
+    /// (`PARSE_BUDGET_BYTES`): retry shortly.
+    Busy,
     /// A route of the OpenAI API that this proxy deliberately does not offer.
     NotSupported {
         what: String,
@@ -234,6 +242,23 @@ impl From<&ApiError> for ClientError {
                     "server_error",
                     Some("conversation_store_unavailable"),
                     "The conversation store is unavailable, so `previous_response_id` cannot be looked up right now. Retry shortly."
+                        .to_string(),
+                );
+                c.should_retry = Some(true);
+                c.retry_after = Some("1".to_string());
+                c
+            }
+            ApiError::RemoteUrlRefused { message, param } => {
+                let mut c = ClientError::new(StatusCode::BAD_REQUEST, "invalid_request_error", Some("remote_url_refused"), message.clone());
+                c.body.error.param = Some(param.clone());
+                c.no_retry()
+            }
+            ApiError::Busy => {
+                let mut c = ClientError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    Some("server_busy"),
+                    "The server is reading as many large requests as it can hold at once. Retry shortly."
                         .to_string(),
                 );
                 c.should_retry = Some(true);

@@ -1,5 +1,7 @@
 //! The OpenAI side: wire types, and the encoders that turn an answer into them.
 
+/// Free-form request fields parsed with their memory bounded.
+pub mod bounded;
 /// Chat completions: chunks for streaming clients, one completion for the others.
 pub mod chat;
 /// Wire types of the chat-completions API and of OpenAI's error body.

@@ -2,45 +2,72 @@
 //! Only the fields we read or write are typed; serde ignores the rest, so clients that send
 //! newer fields keep working.
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde::{Deserialize, Serialize, de};
+use serde_json::{Map, Value};
 
-/// `POST /v1/chat/completions` body. Content and `user` stay loosely typed here; the
-/// translation layer checks them and names the exact field that is wrong.
+use super::bounded;
+
+/// `POST /v1/chat/completions` body. Every field the proxy reads is type-checked here, so
+/// a wrong type is a 400 naming the field; the free-form ones (content, `metadata`,
+/// `inputs`, the fields only looked at) are parsed within the request's structure
+/// allowance ([`super::bounded`]); fields not listed are skipped unbuilt.
 #[derive(Debug, Deserialize)]
 pub struct ChatCompletionRequest {
     pub model: String,
+    #[serde(deserialize_with = "bounded::list")]
     pub messages: Vec<RequestMessage>,
     #[serde(default)]
     pub stream: Option<bool>,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
-    /// A string from the SDKs; an object `{id, name, ...}` from Open WebUI pipelines.
-    #[serde(default)]
+    /// A string from the SDKs; an object `{id, name, ...}` from Open WebUI pipelines
+    /// (kept as `{"id": ...}`).
+    #[serde(default, deserialize_with = "bounded::end_user")]
     pub user: Option<Value>,
-    #[serde(default)]
-    pub metadata: Option<Value>,
+    #[serde(default, deserialize_with = "bounded::object")]
+    pub metadata: Option<Map<String, Value>>,
     #[serde(default)]
     pub n: Option<u32>,
     /// Dify app inputs (variables), sent with `extra_body={"inputs": {...}}`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded::value")]
     pub inputs: Option<Value>,
     /// What a Dify app cannot honour when forced (`plan::unsupported`); loosely typed, only
     /// looked at.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded::value")]
     pub tool_choice: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded::value")]
     pub function_call: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded::value")]
     pub response_format: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded::value")]
     pub logprobs: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded::value")]
     pub top_logprobs: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded::value")]
     pub modalities: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded::value")]
     pub audio: Option<Value>,
+    /// Sampling settings a Dify app takes from its own configuration: not sent on, but
+    /// type-checked as OpenAI does, so a client's mistake is not silently ignored.
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
+    #[serde(default)]
+    pub max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    pub presence_penalty: Option<f64>,
+    #[serde(default)]
+    pub frequency_penalty: Option<f64>,
+    #[serde(default)]
+    pub seed: Option<i64>,
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+    /// Open WebUI sends a ~20 KB array on every turn; only whether it is an array matters.
+    #[serde(default)]
+    pub tools: Option<Vec<de::IgnoredAny>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -53,7 +80,7 @@ pub struct StreamOptions {
 pub struct RequestMessage {
     pub role: Role,
     /// String, array of parts, or null (assistant turns with tool calls).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded::content")]
     pub content: Option<Value>,
 }
 

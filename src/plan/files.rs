@@ -81,8 +81,9 @@ pub struct Attachment {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    /// Dify fetches it (`transfer_method: remote_url`).
-    Remote(String),
+    /// Dify fetches it (`transfer_method: remote_url`); `param` names the URL's field
+    /// (`messages[0].content[1].image_url`), for a refusal ([`super::remote_url`]).
+    Remote { url: String, param: String },
     /// Sent inline: to be uploaded before the chat message.
     Inline(Inline),
     /// Uploaded: Dify's upload id (`transfer_method: local_file`).
@@ -101,7 +102,7 @@ impl Attachment {
     pub fn dify_file(&self) -> Option<DifyFile> {
         let kind = self.kind.as_str();
         match &self.source {
-            Source::Remote(url) => Some(DifyFile::remote(kind, url.clone())),
+            Source::Remote { url, .. } => Some(DifyFile::remote(kind, url.clone())),
             Source::Uploaded(id) => Some(DifyFile::uploaded(kind, id.clone())),
             Source::Inline(_) => None,
         }
@@ -333,7 +334,8 @@ fn inline_or_url(
             })
         }
         (_, Some(Value::String(url)), _) => {
-            let url = remote_url(url, &format!("{param}.file_url"))?;
+            let url_param = format!("{param}.file_url");
+            let url = remote_url(url, &url_param)?;
             // An unknown type goes as `custom`, which Dify resolves from what it fetches.
             let kind = url_extension(&url)
                 .and_then(|e| by_extension(&e))
@@ -341,7 +343,10 @@ fn inline_or_url(
             Ok(Attachment {
                 part: param.to_string(),
                 kind,
-                source: Source::Remote(url),
+                source: Source::Remote {
+                    url,
+                    param: url_param,
+                },
             })
         }
         (_, _, Some(Value::String(_))) => Err(file_id_refused(fields_param)),
@@ -358,9 +363,12 @@ fn image(url: &str, param: String) -> Result<Attachment, ApiError> {
     if !is_data_uri(url) {
         let url = remote_url(url, &param)?;
         return Ok(Attachment {
+            source: Source::Remote {
+                url,
+                param: format!("{param}.image_url"),
+            },
             part: param,
             kind: FileType::Image,
-            source: Source::Remote(url),
         });
     }
     let uri = data_uri(url, &param)?;
@@ -722,7 +730,10 @@ mod tests {
         assert_eq!(a.kind, FileType::Image);
         assert_eq!(
             a.source,
-            Source::Remote("https://example.com/cat.png".into())
+            Source::Remote {
+                url: "https://example.com/cat.png".into(),
+                param: "messages[3].content[1].image_url".into()
+            }
         );
         assert_eq!(
             serde_json::to_value(a.dify_file().unwrap()).unwrap(),
@@ -799,7 +810,9 @@ mod tests {
         let img =
             one(json!({"type":"input_image","image_url":"https://x.test/a.webp","detail":"auto"}))
                 .unwrap();
-        assert_eq!(img.source, Source::Remote("https://x.test/a.webp".into()));
+        assert!(
+            matches!(&img.source, Source::Remote { url, .. } if url == "https://x.test/a.webp")
+        );
         let doc = one(json!({"type":"input_file","filename":"r.pdf","file_data":"data:application/pdf;base64,JVBERi0xLjQ="})).unwrap();
         assert_eq!(doc.kind, FileType::Document);
         let url = one(json!({"type":"input_file","file_url":"https://x.test/files/r.PDF?sig=1"}))
@@ -808,7 +821,10 @@ mod tests {
             (url.kind, url.source),
             (
                 FileType::Document,
-                Source::Remote("https://x.test/files/r.PDF?sig=1".into())
+                Source::Remote {
+                    url: "https://x.test/files/r.PDF?sig=1".into(),
+                    param: "messages[3].content[1].file_url".into()
+                }
             )
         );
         let unknown =

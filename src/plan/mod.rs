@@ -6,6 +6,8 @@
 pub mod files;
 /// The app's `inputs`: configured defaults, the request's own, the required ones.
 pub mod inputs;
+/// Which remote file URLs Dify may be asked to fetch (`REMOTE_FILE_URLS`).
+pub mod remote_url;
 /// A Responses API request's `input` and `instructions` → a [`Turn`].
 pub mod responses;
 /// Parameters a Dify app cannot honour, refused when the client forces them.
@@ -390,9 +392,17 @@ mod tests {
             end_user(&body(json!(""), json!({"user_id":"carol"})), None),
             "carol"
         );
+        // A `user` of the wrong type is refused when parsed (issue 20); a non-string
+        // `metadata.user_id` is someone else's metadata, and passed over.
         assert_eq!(
-            end_user(&body(json!(5), json!({"user_id":7})), None),
+            end_user(&body(json!(null), json!({"user_id":7})), None),
             "opendify"
+        );
+        assert!(
+            serde_json::from_value::<ChatCompletionRequest>(
+                json!({"model":"m","messages":[{"role":"user","content":"x"}],"user":5})
+            )
+            .is_err()
         );
     }
 

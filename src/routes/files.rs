@@ -11,6 +11,7 @@ use crate::dify::parameters::FormField;
 use crate::error::ApiError;
 use crate::plan::Turn;
 use crate::plan::files::{Source, check_accepted, check_total, workflow_file_variable};
+use crate::plan::remote_url;
 use crate::state::AppState;
 
 /// Uploads the turn's inline files. The first refusal fails the request (and stops the
@@ -66,6 +67,10 @@ pub(super) async fn attach_files(
     name: &str,
     turn: &mut Turn,
 ) -> Result<(), ApiError> {
+    // First: a refused URL must not even cost a `/parameters` call.
+    let policy = state.config().remote_file_urls;
+    remote_url::check(&turn.files, policy)?;
+    remote_url::check_inputs(&turn.inputs, &model.inputs, policy)?;
     let file_variable = check_files(state, model, mode, name, turn).await?;
     upload_files(state, model.app_key.expose(), name, turn).await?;
     if let Some(field) = file_variable {

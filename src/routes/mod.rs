@@ -25,7 +25,7 @@ mod responses;
 /// Streaming delivery: the pump from Dify to the response body.
 mod stream;
 
-pub use extract::parse_request;
+pub use extract::{parse_request, parse_responses_request};
 
 use axum::Router;
 use axum::extract::Request;

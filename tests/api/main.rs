@@ -20,6 +20,7 @@ mod linear;
 mod models;
 mod provider_errors;
 mod reasoning;
+mod request_safety;
 mod responses;
 mod runtime_limits;
 mod stream_ends;

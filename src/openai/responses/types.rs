@@ -6,13 +6,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::openai::ErrorObject;
+use crate::openai::bounded;
 
 /// `POST /v1/responses` body. `input` and the tool fields stay loosely typed: the planner
-/// checks them and names the exact item that is wrong.
+/// checks them and names the exact item that is wrong. They are parsed within the
+/// request's structure allowance ([`crate::openai::bounded`]).
 #[derive(Debug, Deserialize)]
 pub struct ResponsesRequest {
     pub model: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded::value")]
     pub input: Option<Value>,
     #[serde(default)]
     pub instructions: Option<String>,
@@ -26,15 +28,15 @@ pub struct ResponsesRequest {
     pub user: Option<String>,
     #[serde(default)]
     pub safety_identifier: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded::object")]
     pub metadata: Option<Map<String, Value>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded::array")]
     pub tools: Option<Vec<Value>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded::value")]
     pub tool_choice: Option<Value>,
     #[serde(default)]
     pub background: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded::value")]
     pub conversation: Option<Value>,
     #[serde(default)]
     pub temperature: Option<f64>,
@@ -45,14 +47,14 @@ pub struct ResponsesRequest {
     #[serde(default)]
     pub parallel_tool_calls: Option<bool>,
     /// Dify app inputs (variables), sent with `extra_body={"inputs": {...}}`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded::value")]
     pub inputs: Option<Value>,
     /// `text.format`, `top_logprobs`, `include`: looked at by `plan::unsupported` only.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded::value")]
     pub text: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded::value")]
     pub top_logprobs: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded::value")]
     pub include: Option<Value>,
 }
 

@@ -94,6 +94,22 @@ def main():
         {"model": "m", "input": [{"type": "function_call_output", "call_id": "c", "output": "1"}], "tools": []},
         {"model": "m", "input": [m("user", [{"type": "input_image", "image_url": "https://x/y.png"}])]},
         {"model": "m", "input": "x", "tools": [{"type": "function", "name": "f"}], "background": True},
+        # Issue 20: remote file URLs naming internal hosts, in several spellings; wrong types;
+        # shapes that spend the structure allowance.
+        {"model": "m", "messages": [m("user", [{"type": "text", "text": "x"},
+            {"type": "image_url", "image_url": {"url": "http://169.254.169.254/latest/meta-data/"}},
+            {"type": "image_url", "image_url": "http://0x7f.1/"},
+            {"type": "image_url", "image_url": {"url": "http://[::ffff:127.0.0.1]/a.png"}}])]},
+        {"model": "m", "input": [m("user", [{"type": "input_text", "text": "x"},
+            {"type": "input_image", "image_url": "http://2130706433/"},
+            {"type": "input_file", "file_url": "https://LOCALHOST./r.pdf"},
+            {"type": "input_file", "file_url": "https://docs.example/r.pdf"}])]},
+        {"model": "m", "messages": [m("user", "x")], "user": []},
+        {"model": "m", "messages": [m("user", "x")], "user": {"id": 1}},
+        {"model": "m", "messages": [m("user", "x")], "metadata": "x", "temperature": "hot"},
+        {"model": "m", "input": "x", "user": 42, "metadata": [1]},
+        {"model": "m", "messages": [m("user", [{}] * 1001)]},
+        {"model": "m", "messages": [m("user", "x")], "metadata": {"x": [{"a": 0}] * 6000}},
     ]
     for r in requests:
         put("request", json.dumps(r, ensure_ascii=False).encode())

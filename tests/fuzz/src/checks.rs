@@ -15,6 +15,7 @@ use opendify::openai::responses::ResponsesRequest;
 use opendify::openai::{
     ChatCompletionChunk, ChatCompletionRequest, FinishReason, Role, UsageField,
 };
+use opendify::plan::files::{Attachment, Source};
 use opendify::plan::to_turn;
 use serde_json::Value;
 use url::Url;
@@ -27,8 +28,20 @@ use url::Url;
 /// A Responses body: refused with a client error naming a field, or a turn with a
 /// non-empty message for a new or a continued conversation.
 fn responses_request(data: &[u8]) {
-    let Ok(request) = serde_json::from_slice::<ResponsesRequest>(data) else {
-        return;
+    // Through the route's own parsing (bounded structure, typed fields); it only adds
+    // checks on top of serde's.
+    let request = match opendify::routes::parse_responses_request(data) {
+        Ok(request) => {
+            assert!(
+                serde_json::from_slice::<ResponsesRequest>(data).is_ok(),
+                "the route accepted a Responses body serde rejects"
+            );
+            request
+        }
+        Err(e) => {
+            check_client_error(&e);
+            return;
+        }
     };
     if let Err(e) = opendify::plan::responses::check_supported(&request) {
         check_client_error(&e);
@@ -44,6 +57,7 @@ fn responses_request(data: &[u8]) {
                 }
                 let query = turn.chat_message(None, false).query;
                 assert!(query.ends_with(&turn.message));
+                check_remote_urls(&turn.files);
             }
             Err(e) => {
                 // Refused by field: a bad request, or an attached file too large (413) or
@@ -66,6 +80,45 @@ fn responses_request(data: &[u8]) {
 /// The route's own body parsing.
 fn parse_like_the_route(bytes: &[u8]) -> Result<ChatCompletionRequest, ApiError> {
     opendify::routes::parse_request(bytes)
+}
+
+/// `REMOTE_FILE_URLS`: `any` lets every file through, `off` refuses any remote one, and
+/// `public` refuses exactly those whose host is internal, naming the URL's field.
+fn check_remote_urls(files: &[Attachment]) {
+    use opendify::plan::remote_url::{RemoteFileUrls, check, internal_host};
+    assert!(check(files, RemoteFileUrls::Any).is_ok());
+    let remote: Vec<(&str, &str, &str)> = files
+        .iter()
+        .filter_map(|f| match &f.source {
+            Source::Remote { url, param } => Some((f.part.as_str(), url.as_str(), param.as_str())),
+            _ => None,
+        })
+        .collect();
+    for (part, url, param) in &remote {
+        assert!(param.starts_with(part), "{param} is not within {part}");
+        assert!(Url::parse(url).is_ok(), "remote URL {url:?} does not parse");
+    }
+    let first_internal = remote
+        .iter()
+        .find(|(_, url, _)| internal_host(url).is_some());
+    for (policy, refused) in [
+        (RemoteFileUrls::Off, remote.first()),
+        (RemoteFileUrls::Public, first_internal),
+    ] {
+        match (check(files, policy), refused) {
+            (Ok(()), None) => {}
+            (Err(e), Some((_, _, param))) => {
+                assert!(
+                    matches!(&e, ApiError::RemoteUrlRefused { param: p, .. } if p == param),
+                    "{e:?}"
+                );
+                check_client_error(&e);
+            }
+            (result, expected) => {
+                panic!("{policy:?}: {result:?}, expected refusal of {expected:?}")
+            }
+        }
+    }
 }
 
 /// Every client-facing error must serialize to a one-line OpenAI error body.
@@ -125,6 +178,7 @@ pub fn request(data: &[u8]) {
             }
         };
         assert!(!turn.message.trim().is_empty(), "empty message accepted");
+        check_remote_urls(&turn.files);
         assert!(
             !turn.user.is_empty() && turn.user.trim() == turn.user,
             "bad user {:?}",
