@@ -36,7 +36,7 @@ pub struct DifyClient {
     pub(super) http: reqwest::Client,
     base: Url,
     pub(super) timeout: Duration,
-    limits: StreamLimits,
+    pub(super) limits: StreamLimits,
 }
 
 impl DifyClient {
@@ -133,6 +133,7 @@ impl DifyClient {
             .body(form.body);
         let response = self.send(send, self.timeout).await?;
         let status = response.status();
+        let endpoint: Box<str> = response.url().path().into();
         let body = tokio::time::timeout(self.timeout, read_limited(response, MAX_ERROR_BODY))
             .await
             .unwrap_or_default();
@@ -143,6 +144,7 @@ impl DifyClient {
                 code: String::new(),
                 message: format!("HTTP {status} without an uploaded file's id"),
                 retry_after: None,
+                endpoint,
             }),
         }
     }
@@ -247,6 +249,7 @@ impl DifyClient {
 
     pub(super) async fn http_error(&self, response: reqwest::Response) -> DifyError {
         let status = response.status().as_u16();
+        let endpoint: Box<str> = response.url().path().into();
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)
@@ -261,12 +264,14 @@ impl DifyClient {
                 code: e.code,
                 message: e.message,
                 retry_after,
+                endpoint,
             },
             _ => DifyError::Http {
                 status,
                 code: String::new(),
                 message: format!("HTTP {status} without a Dify error body"),
                 retry_after,
+                endpoint,
             },
         }
     }

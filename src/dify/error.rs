@@ -20,6 +20,9 @@ pub enum DifyError {
         code: String,
         message: String,
         retry_after: Option<String>,
+        /// The URL path that answered (`/v1/chat-messages`), never its query. Boxed: it
+        /// keeps every `Result<_, ApiError>` small.
+        endpoint: Box<str>,
     },
     /// An `error` event inside a stream.
     #[error("Dify reported an error ({code}): {message}")]
