@@ -297,14 +297,15 @@ fn provider_failure(model: &str, message: &str, quoted: &str) -> ClientError {
     match provider::classify(message) {
         // Clients act on words, not the code: LangChain's ContextOverflowError needs
         // "prompt is too long" (a 400) or "exceeds the context window" (an error event),
-        // LiteLLM's ContextWindowExceededError "prompt is too long", Claude Code-style
-        // clients "prompt is too long". Dify's text may have none of them.
+        // LiteLLM's ContextWindowExceededError "this model's maximum context length is"
+        // (newer versions also "prompt is too long"), Claude Code-style clients "prompt is
+        // too long". Dify's text may have none of them.
         ProviderFailure::ContextLength => ClientError::new(
             S::BAD_REQUEST,
             "invalid_request_error",
             Some("context_length_exceeded"),
             format!(
-                "Your prompt is too long for the model behind `{model}`: the conversation exceeds the context window (maximum context length) of the model. Shorten the messages or start a new conversation.{quoted}"
+                "Your prompt is too long: this model's maximum context length is exceeded (the conversation exceeds the context window of the model behind `{model}`). Shorten the messages or start a new conversation.{quoted}"
             ),
         )
         .no_retry(),
@@ -796,11 +797,14 @@ mod provider_tests {
             c.body.error.code.as_deref(),
             Some("context_length_exceeded")
         );
-        assert!(
-            m.starts_with("Your prompt is too long for the model behind `m`"),
-            "{m}"
-        );
-        assert!(m.contains("exceeds the context window"), "{m}");
+        for words in [
+            "prompt is too long",
+            "this model's maximum context length is",
+            "exceeds the context window",
+            "model behind `m`",
+        ] {
+            assert!(m.contains(words), "{words}: {m}");
+        }
         assert!(m.ends_with("Dify says: [google] Error: 400 The input token count exceeds the maximum number of tokens allowed (1048576)."), "{m}");
     }
 

@@ -110,20 +110,24 @@ async fn speech_reaches_the_client_before_dify_finishes() {
             ..speech_app("en-US-JennyNeural")
         },
     );
-    let r = app
-        .post_speech(&json!({"model": MODEL, "input": SPOKEN, "voice": "alloy", "speed": 1.25, "instructions": "Calm"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["content-type"], "audio/mpeg");
-    assert!(r.headers().contains_key("x-request-id"));
-    let mut body = r.bytes_stream();
-    let first = tokio::time::timeout(Duration::from_secs(20), body.next())
-        .await
-        .expect("the first audio bytes arrive while Dify still holds the rest")
-        .unwrap()
-        .unwrap();
+    // Dify holds the rest until released (or for 30 s): a proxy that buffered the audio
+    // would send nothing, not even its head, within this bound.
+    let (headers, mut body, first) = tokio::time::timeout(Duration::from_secs(20), async {
+        let r = app
+            .post_speech(&json!({"model": MODEL, "input": SPOKEN, "voice": "alloy", "speed": 1.25, "instructions": "Calm"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let headers = r.headers().clone();
+        let mut body = r.bytes_stream();
+        let first = body.next().await.unwrap().unwrap();
+        (headers, body, first)
+    })
+    .await
+    .expect("the first audio bytes arrive while Dify still holds the rest");
+    assert_eq!(headers["content-type"], "audio/mpeg");
+    assert!(headers.contains_key("x-request-id"));
     assert_eq!(&first[..], b"ID3-first-chunk");
     app.dify.release_audio();
     let mut all = first.to_vec();
