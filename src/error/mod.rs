@@ -233,15 +233,19 @@ impl From<&ApiError> for ClientError {
                 c
             }
             ApiError::SpeechDisabled { model, speech_to_text } => {
-                let (code, feature, endpoint) = if *speech_to_text {
-                    ("speech_to_text_disabled", "Speech to Text", "transcriptions")
+                let (feature, endpoint) = if *speech_to_text {
+                    ("Speech to Text", "transcriptions")
                 } else {
-                    ("text_to_speech_disabled", "Text to Speech", "speech")
+                    ("Text to Speech", "speech")
                 };
                 let mut c = ClientError::new(
                     StatusCode::BAD_REQUEST,
                     "invalid_request_error",
-                    Some(code),
+                    Some(if *speech_to_text {
+                        "speech_to_text_disabled"
+                    } else {
+                        "text_to_speech_disabled"
+                    }),
                     format!(
                         "The Dify app behind model `{model}` has {feature} turned off, so /v1/audio/{endpoint} cannot use it: turn it on in the app's Features in Dify (and publish), or use another model."
                     ),
