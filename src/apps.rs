@@ -4,9 +4,14 @@
 //! `/workflows/run`), so it is learnt once per instance: at cold start from `GET /info` for
 //! every model at once, within [`COLD_START_BUDGET`], or from `MODEL_CONFIG`'s `mode`
 //! (no lookup). A model Dify could not describe in time is looked up on first use.
+//!
+//! Only a definite answer is kept: a description, a rejected key (401), or a Dify that
+//! answers but will not describe the app (taken for a chat app). A passing failure (429,
+//! 408, 5xx, timeout, unreachable) is asked again, at most once per [`RETRY_BACKOFF`] and
+//! model, by one request while others wait for its answer.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::RwLock;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -17,6 +22,10 @@ use crate::dify::{DifyClient, DifyError};
 /// How long cold start may wait for Dify's `/info` answers, all models together. A Lambda
 /// init is billed and delays the first request: a slow Dify must not hold it.
 pub const COLD_START_BUDGET: Duration = Duration::from_millis(1500);
+
+/// After a passing failure of `/info`, how long requests for that model answer the same
+/// error without asking Dify again (a burst or a retrying client makes one lookup).
+pub const RETRY_BACKOFF: Duration = Duration::from_secs(2);
 
 /// The Dify endpoint family of an app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +119,11 @@ enum Known {
     },
     /// Dify refused the key at cold start: every request answers this at once.
     Rejected(DifyError),
+    /// A passing failure on first use: answered until `retry_at`, then asked again.
+    Failed {
+        error: DifyError,
+        retry_at: Instant,
+    },
 }
 
 /// How the cold-start lookups went, for the init log and the init-time measurement.
@@ -126,6 +140,8 @@ pub struct ColdStart {
 #[derive(Debug, Default)]
 pub struct Apps {
     known: RwLock<HashMap<String, Known>>,
+    /// One lookup per model at a time: the others wait for its answer.
+    lookups: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Apps {
@@ -163,7 +179,7 @@ impl Apps {
                 _ if m.mode.is_some() => report.resolved += 1,
                 Some(Known::App { .. }) => report.resolved += 1,
                 Some(Known::Rejected(_)) => report.rejected += 1,
-                None => {
+                None | Some(Known::Failed { .. }) => {
                     report.unresolved += 1;
                     tracing::warn!(
                         model = %name,
@@ -175,8 +191,9 @@ impl Apps {
         report
     }
 
-    /// The model's app mode: configured, known, or asked of Dify now (and kept). A key
-    /// rejected at cold start fails at once, without a round trip.
+    /// The model's app mode: configured, known, or asked of Dify now (and kept if
+    /// definite). A key rejected at cold start fails at once, without a round trip; so
+    /// does a passing failure within [`RETRY_BACKOFF`] of the last lookup.
     pub async fn mode_for(
         &self,
         dify: &DifyClient,
@@ -186,13 +203,34 @@ impl Apps {
         if let Some(mode) = model.mode {
             return Ok(mode);
         }
-        match self.read().get(name) {
-            Some(Known::App { mode, .. }) => return Ok(*mode),
-            Some(Known::Rejected(error)) => return Err(error.clone()),
-            None => {}
+        if let Some(known) = self.settled(name) {
+            return known;
+        }
+        let gate = self.gate(name);
+        let _turn = gate.lock().await;
+        // Whoever held the gate may have just learnt the answer.
+        if let Some(known) = self.settled(name) {
+            return known;
         }
         let result = dify.info(model.app_key.expose()).await;
         self.learn(name, model, result, false)
+    }
+
+    /// What is known of the model now, if that answers a request without a lookup.
+    fn settled(&self, name: &str) -> Option<Result<AppMode, DifyError>> {
+        match self.read().get(name)? {
+            Known::App { mode, .. } => Some(Ok(*mode)),
+            Known::Rejected(error) => Some(Err(error.clone())),
+            Known::Failed { error, retry_at } if Instant::now() < *retry_at => {
+                Some(Err(error.clone()))
+            }
+            Known::Failed { .. } => None,
+        }
+    }
+
+    fn gate(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut lookups = self.lookups.lock().unwrap_or_else(|e| e.into_inner());
+        lookups.entry(name.to_string()).or_default().clone()
     }
 
     /// What `/v1/models` shows of the model's app; nothing when it was never described
@@ -240,6 +278,15 @@ impl Apps {
                         .insert(name.to_string(), Known::Rejected(error.clone()));
                 } else if cold_start {
                     tracing::warn!(model = %name, error = %error.summary(), "could not ask Dify which kind of app this model is; trying again on first use");
+                } else if passing(&error) {
+                    tracing::warn!(model = %name, error = %error.summary(), backoff_s = RETRY_BACKOFF.as_secs(), "could not ask Dify which kind of app this model is; asking again after the backoff");
+                    self.write().insert(
+                        name.to_string(),
+                        Known::Failed {
+                            error: error.clone(),
+                            retry_at: Instant::now() + RETRY_BACKOFF,
+                        },
+                    );
                 }
                 return Err(error);
             }
@@ -273,14 +320,27 @@ impl Apps {
     }
 }
 
-/// Dify answered, but not with a description: neither a rejected key, nor Dify down or
-/// failing (those are the request's error, and asked again).
+/// Dify answered, but not with a description: neither a rejected key, nor Dify down,
+/// busy or failing (those are the request's error, and asked again).
 fn undescribed(error: &DifyError) -> bool {
     match error {
-        DifyError::Http { status, .. } => *status != 401 && *status < 500,
+        DifyError::Http { status, .. } => *status != 401 && !passing_status(*status),
         DifyError::Stream(_) => true,
         _ => false,
     }
+}
+
+/// A failure that may be gone on the next try (not a definite answer).
+fn passing(error: &DifyError) -> bool {
+    match error {
+        DifyError::Http { status, .. } => passing_status(*status),
+        DifyError::Timeout(_) | DifyError::Unreachable(_) => true,
+        _ => false,
+    }
+}
+
+fn passing_status(status: u16) -> bool {
+    status == 408 || status == 429 || status >= 500
 }
 
 #[cfg(test)]
@@ -305,6 +365,32 @@ mod tests {
             ]
         );
         assert_eq!(AppMode::from_dify("rag-pipeline"), None);
+    }
+
+    #[test]
+    fn only_definite_answers_are_kept() {
+        let http = |status| DifyError::Http {
+            status,
+            code: String::new(),
+            message: String::new(),
+            retry_after: None,
+            endpoint: "/v1/info".into(),
+        };
+        for status in [408, 429, 500, 502, 503, 504] {
+            assert!(
+                passing(&http(status)) && !undescribed(&http(status)),
+                "{status}"
+            );
+        }
+        assert!(passing(&DifyError::Timeout(Duration::from_secs(1))));
+        assert!(passing(&DifyError::Unreachable("refused".into())));
+        for status in [400, 403, 404, 405] {
+            assert!(
+                undescribed(&http(status)) && !passing(&http(status)),
+                "{status}"
+            );
+        }
+        assert!(!undescribed(&http(401)) && !passing(&http(401)));
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub mod apps;
 pub mod config;
 /// Which Dify conversation a request continues (keys, rules, store reads and writes).
 pub mod conversation;
+/// The time by which a request must be over (Lambda's invocation deadline, or the stream limit).
+pub mod deadline;
 /// Dify's service API: wire types, SSE decoding, HTTP client, task stop.
 pub mod dify;
 /// Every error a client can see and its one mapping (pure; HTTP at `routes::error`).

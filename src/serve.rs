@@ -16,17 +16,17 @@ use tokio::net::TcpListener;
 pub use nodelay::TcpNoDelay;
 
 use crate::config::Config;
+use crate::config::store::StoreKind;
 use crate::state::AppState;
 use crate::store::dynamo::{StoreBudget, with_budget};
-use crate::store::{ConversationStore, DynamoStore, MemoryStore};
+use crate::store::{ConversationStore, DynamoStore, MemoryStore, SqliteStore};
 
 /// Builds the state for `config` and serves until stopped: through the Lambda Runtime API
 /// when `lambda`, else on `SERVER_HOST:SERVER_PORT` until Ctrl-C or SIGTERM. `aws` is the
 /// AWS configuration if `main` already loaded it (for SSM), so it is loaded once.
 pub async fn serve(config: Config, lambda: bool, aws: Option<SdkConfig>) -> Result<(), String> {
     let address = format!("{}:{}", config.server_host, config.server_port);
-    let store = conversation_store(&config, aws).await;
-    tracing::info!("conversations: {}", store.describe());
+    let store = conversation_store(&config, lambda, aws).await?;
     let state = AppState::new(config, store)
         .map_err(|e| format!("could not create the HTTP client: {e}"))?;
     state.resolve_apps().await;
@@ -72,18 +72,25 @@ async fn serve_lambda(app: Router) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// The conversation store `config` asks for: its DynamoDB table (with `aws`, or the AWS
-/// configuration loaded now), or process memory.
+/// The conversation store `config` asks for (see [`StoreSettings::choose`]): its DynamoDB
+/// table (with `aws`, or the AWS configuration loaded now), the SQLite file, or process
+/// memory. Logs which and why. Fails when the SQLite file cannot be opened: serving
+/// without it would silently forget every chat at the next restart.
+///
+/// [`StoreSettings::choose`]: crate::config::store::StoreSettings::choose
 pub async fn conversation_store(
     config: &Config,
+    lambda: bool,
     aws: Option<SdkConfig>,
-) -> Arc<dyn ConversationStore> {
-    match &config.conversation_table {
-        Some(table) => {
-            let budget = StoreBudget {
-                lookup: config.store_lookup_timeout,
-                write: config.store_write_timeout,
-            };
+) -> Result<Arc<dyn ConversationStore>, String> {
+    let budget = StoreBudget {
+        lookup: config.store_lookup_timeout,
+        write: config.store_write_timeout,
+    };
+    let settings = &config.conversation_store;
+    let (kind, why) = settings.choose(config.conversation_table.is_some(), lambda);
+    let store: Arc<dyn ConversationStore> = match (kind, &config.conversation_table) {
+        (StoreKind::DynamoDb, Some(table)) => {
             let aws = match aws {
                 Some(aws) => aws,
                 None => load_aws_config().await,
@@ -96,13 +103,28 @@ pub async fn conversation_store(
                     .with_budget(budget),
             )
         }
-        None => {
-            tracing::info!(
-                "CONVERSATION_TABLE is not set: conversations are remembered in this process only (fine locally; set it on Lambda)"
-            );
+        // Config refuses dynamodb without a table; memory is the harmless answer anyway.
+        (StoreKind::DynamoDb, None) | (StoreKind::Memory, _) => {
             Arc::new(MemoryStore::new(config.conversation_ttl))
         }
-    }
+        (StoreKind::Sqlite, _) => {
+            let path = settings.db_path.clone();
+            let ttl = config.conversation_ttl;
+            // Opening creates the directory and file and may wait on a lock: off the async
+            // threads.
+            let opened = tokio::task::spawn_blocking(move || SqliteStore::open(&path, ttl, budget))
+                .await
+                .map_err(|e| format!("could not open the conversation store: {e}"))?;
+            Arc::new(opened.map_err(|e| {
+                format!(
+                    "could not open the conversation store file {}: {e}. Set CONVERSATION_DB_PATH to a writable file, or CONVERSATION_STORE=memory to keep chats in this process only.",
+                    settings.db_path.display()
+                )
+            })?)
+        }
+    };
+    tracing::info!("conversations: {} ({why})", store.describe());
+    Ok(store)
 }
 
 /// Region, credentials and endpoints from the standard AWS chain. Load once at cold start:

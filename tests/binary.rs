@@ -7,7 +7,8 @@ use std::io::Read;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::process::{command, refs, start};
+use support::process::{command, refs, start, start_in};
+use support::tempdir::TempDir;
 use support::{FakeDify, Scenario};
 
 const APP_KEY: &str = "app-binarytest00000000x9f3a";
@@ -152,6 +153,54 @@ async fn logs_name_models_but_never_secrets_or_prompts() {
     }
 }
 
+/// The most verbose levels, as a plain level and as directives naming the HTTP crates:
+/// still no key, no prompt and no answer text in the log.
+#[tokio::test]
+async fn at_trace_level_logs_hold_no_key_prompt_or_answer() {
+    let answer = support::events::fixture_answer("chat-app-stream.sse");
+    assert!(answer.len() > 20, "{answer}");
+    for (var, level) in [
+        ("RUST_LOG", "trace"),
+        ("AWS_LAMBDA_LOG_LEVEL", "TRACE"),
+        (
+            "RUST_LOG",
+            "trace,hyper=trace,reqwest=trace,axum=trace,tower_http=trace",
+        ),
+    ] {
+        let dify = FakeDify::start().await;
+        let vars = valid_vars(&dify);
+        let mut vars = refs(&vars);
+        vars.push((var, level));
+        let running = start(&vars);
+        exercise(&running.url, &dify).await;
+        // The last request's line is written as its answer ends: wait for it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while running.log().matches("status=").count() < 5 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let log = running.log();
+        // The level is in force: the request deadline is a debug line.
+        assert!(
+            log.contains("the request's time limit"),
+            "{var}={level}:\n{log}"
+        );
+        for secret in [
+            APP_KEY,
+            PROXY_KEY,
+            "binarytest",
+            PROMPT,
+            "quarterly",
+            "Bearer",
+            answer.as_str(),
+        ] {
+            assert!(
+                !log.contains(secret),
+                "{var}={level}: {secret:?} appears in the log:\n{log}"
+            );
+        }
+    }
+}
+
 #[test]
 fn stdout_stays_clean() {
     // Nothing but logs on stderr: stdout carries nothing a wrapper would have to filter.
@@ -274,6 +323,187 @@ async fn conversation_continues_across_a_cold_start() {
         );
         assert_eq!(turn2.query(), Some("Who am I?"), "{user}");
     }
+}
+
+/// A streamed turn, read to its end; the answer's text.
+async fn ask_streamed(url: &str, messages: serde_json::Value, chat_id: &str, user: &str) -> String {
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(PROXY_KEY)
+        .header("X-OpenWebUI-Chat-Id", chat_id)
+        .json(&json!({"model": "my-app", "stream": true, "user": user, "messages": messages}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+/// Nothing configured but Dify and the keys, as a newcomer runs it: chats are kept in
+/// data/opendify.db under the working directory, so a turn sent after the process was
+/// killed (SIGKILL: no shutdown, no flush) right after the first answer ended continues
+/// the same Dify conversation, streamed or not.
+#[tokio::test]
+async fn conversation_continues_after_a_kill_with_the_default_store() {
+    let dir = TempDir::new("restart");
+    let dify = FakeDify::start().await;
+    dify.set(APP_KEY, Scenario::answer_with_conversations("Hello Ada."));
+    let mut vars = valid_vars(&dify);
+    // Only the chat id can carry the conversation across the restart.
+    vars.push(("CONVERSATION_HISTORY_MATCHING", "false".to_string()));
+
+    let first = start_in(dir.path(), &refs(&vars));
+    assert!(
+        first
+            .log()
+            .contains("conversations: sqlite file data/opendify.db"),
+        "{}",
+        first.log()
+    );
+    let turn1 = json!([{"role":"user","content":"I am Ada."}]);
+    let (status, blocking) = ask_as(
+        &first.url,
+        turn1.clone(),
+        ChatId::Header("kill-chat"),
+        Some("blocking"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let streamed = ask_streamed(&first.url, turn1, "kill-stream", "streamed").await;
+    assert_eq!(streamed, "Hello Ada.");
+    drop(first); // SIGKILL (std's Child::kill), right after the answers ended
+    assert!(dir.path().join("data").join("opendify.db").is_file());
+
+    let second = start_in(dir.path(), &refs(&vars));
+    for (user, chat, a1) in [
+        ("blocking", "kill-chat", blocking),
+        ("streamed", "kill-stream", streamed),
+    ] {
+        let history = json!([{"role":"user","content":"I am Ada."},{"role":"assistant","content":a1},{"role":"user","content":"Who am I?"}]);
+        let (status, _) = ask_as(&second.url, history, ChatId::Header(chat), Some(user)).await;
+        assert_eq!(status, 200);
+        let conversation = dify.conversation_ids(APP_KEY, user);
+        assert_eq!(conversation.len(), 1, "{user}: one Dify conversation");
+        let turn2 = dify
+            .requests()
+            .into_iter()
+            .rev()
+            .find(|r| r.user() == Some(user))
+            .unwrap();
+        assert_eq!(
+            turn2.conversation_id(),
+            Some(conversation[0].as_str()),
+            "{user}: turn 2 continues turn 1's conversation"
+        );
+        assert_eq!(turn2.query(), Some("Who am I?"), "{user}");
+    }
+}
+
+/// Under Lambda (AWS_LAMBDA_RUNTIME_API set) without a table, the store is process memory
+/// and the start log says why; no file is created. The Runtime API here is a port that
+/// refuses connections: the store line is logged before the runtime is reached.
+#[test]
+fn lambda_without_a_table_keeps_conversations_in_memory_and_says_why() {
+    use std::io::{BufRead, BufReader};
+    let dir = TempDir::new("lambdastore");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let runtime_api = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let mut child = support::process::command_in(
+        Some(dir.path()),
+        &[
+            ("DIFY_API_BASE", "http://127.0.0.1:9/v1"),
+            ("MODEL_CONFIG", r#"{"m":"app-xxxxxxxxxxxxxxxxxxxx"}"#),
+            ("ALLOW_UNAUTHENTICATED", "true"),
+            ("AWS_LAMBDA_RUNTIME_API", &runtime_api),
+            ("AWS_LAMBDA_FUNCTION_NAME", "opendify"),
+            ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST"),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256"),
+            ("AWS_REGION", "us-east-1"),
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut log = String::new();
+    let store_line = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("conversations: ") => break Some(line),
+            Ok(line) => {
+                log.push_str(&line);
+                log.push('\n');
+            }
+            Err(_) => break None,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = store_line.unwrap_or_else(|| panic!("no store line in:\n{log}"));
+    assert!(
+        line.contains("conversations: in-process memory (on Lambda without CONVERSATION_TABLE: only /tmp is writable there"),
+        "{line}"
+    );
+    assert!(
+        line.contains("set CONVERSATION_TABLE to keep chats"),
+        "{line}"
+    );
+    assert!(!dir.path().join("data").exists(), "no store file on Lambda");
+}
+
+/// A store file that cannot be created stops the start with the path and the fix, rather
+/// than serving with a memory that the next restart would lose.
+#[test]
+fn an_unusable_store_file_stops_the_start() {
+    let dir = TempDir::new("badstore");
+    std::fs::write(
+        dir.path().join("data"),
+        b"a file where the directory should be",
+    )
+    .unwrap();
+    let out = support::process::command_in(
+        Some(dir.path()),
+        &[
+            ("DIFY_API_BASE", "http://127.0.0.1:9/v1"),
+            ("MODEL_CONFIG", r#"{"m":"app-xxxxxxxxxxxxxxxxxxxx"}"#),
+            ("ALLOW_UNAUTHENTICATED", "true"),
+            ("SERVER_PORT", "0"),
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "opendify stopped: could not open the conversation store file data/opendify.db"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Set CONVERSATION_DB_PATH to a writable file"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("listening"), "{stderr}");
 }
 
 #[tokio::test]

@@ -1016,3 +1016,166 @@ async fn without_max_concurrency_invocations_run_one_at_a_time() {
         function.logs()
     );
 }
+
+/// The function at its most verbose level (Lambda's `AWS_LAMBDA_LOG_LEVEL=TRACE`, which
+/// the templates allow, and `RUST_LOG` naming the runtime crates): the runtime's raw
+/// event (key, prompt) and Dify's answer appear nowhere in its output.
+#[tokio::test]
+async fn at_trace_level_the_runtime_logs_no_key_prompt_or_answer() {
+    const PROMPT: &str = "zebra-prompt-7731 about the merger";
+    const ANSWER: &str = "okapi-answer-5521 is confidential";
+    for (var, level) in [
+        ("AWS_LAMBDA_LOG_LEVEL", "TRACE"),
+        (
+            "RUST_LOG",
+            "trace,lambda_runtime=trace,lambda_http=trace,hyper=trace,h2=trace",
+        ),
+    ] {
+        let dify = FakeDify::start().await;
+        dify.set(APP_KEY, Scenario::answer(ANSWER));
+        let runtime = FakeRuntime::start().await;
+        let models = format!(r#"{{"{MODEL}":"{APP_KEY}"}}"#);
+        let base = dify.base_url();
+        let function = Function::spawn(
+            &runtime,
+            &[
+                ("DIFY_API_BASE", &base),
+                ("MODEL_CONFIG", &models),
+                ("PROXY_API_KEYS", PROXY_KEY),
+                (var, level),
+            ],
+        );
+        let mut event = event_json("chat-streaming.json");
+        event["body"] = serde_json::json!({"model": MODEL, "stream": true,
+            "messages": [{"role": "user", "content": PROMPT}]})
+        .to_string()
+        .into();
+        let id = runtime.invoke(event.to_string());
+        let response = function.response(&runtime, &id).await;
+        let text: String = sse_events(&response)
+            .iter()
+            .filter_map(|e| delta_content(&e.data))
+            .collect();
+        assert_eq!(text, ANSWER, "{}", response.body_text());
+        let logs = function.logs();
+        // The level is in force: the request deadline is a debug line.
+        assert!(
+            logs.contains("the request's time limit"),
+            "{var}={level}:\n{logs}"
+        );
+        for secret in [
+            PROXY_KEY,
+            APP_KEY,
+            "lambdatest",
+            "Bearer",
+            "zebra-prompt",
+            "okapi-answer",
+        ] {
+            assert!(
+                !logs.contains(secret),
+                "{var}={level}: {secret:?} appears in the function's output:\n{logs}"
+            );
+        }
+    }
+}
+
+/// The error a request that reached its invocation's deadline gets: a 504 the SDKs
+/// must not retry on their own (Dify may be running it already).
+fn assert_time_limit(response: &Invocation) {
+    assert_eq!(response.status, 504, "body: {}", response.body_text());
+    assert_eq!(response.header("x-should-retry"), Some("false"));
+    let body = response.json();
+    assert_eq!(body["error"]["code"], "request_time_limit", "{body}");
+    assert_eq!(body["error"]["type"], "server_error", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("the function's time limit"), "{body}");
+}
+
+/// A function with a short timeout in front of a Dify that never starts its answer:
+/// the client gets an OpenAI error before the invocation ends, not Lambda's timeout.
+#[tokio::test]
+async fn a_request_not_started_by_the_invocation_deadline_gets_a_504_in_time() {
+    const TIMEOUT: Duration = Duration::from_secs(6);
+    let dify = FakeDify::start().await;
+    dify.set(APP_KEY, Scenario::Hang);
+    let runtime = FakeRuntime::start().await;
+    // The mode configured: no `/info` lookup before the hanging run.
+    let models = format!(r#"{{"{MODEL}":{{"key":"{APP_KEY}","mode":"chat"}}}}"#);
+    let base = dify.base_url();
+    let function = Function::spawn(
+        &runtime,
+        &[
+            ("DIFY_API_BASE", &base),
+            ("MODEL_CONFIG", &models),
+            ("PROXY_API_KEYS", PROXY_KEY),
+            ("DIFY_TIMEOUT_SECONDS", "60"),
+        ],
+    );
+    for event in ["chat-streaming.json", "chat-blocking.json"] {
+        let id = runtime.invoke_with_timeout(event_text(event), TIMEOUT);
+        let response = function.response(&runtime, &id).await;
+        assert_time_limit(&response);
+        let finished = response.raw.finished.expect("a complete response");
+        let took = finished.saturating_duration_since(response.delivered);
+        assert!(
+            took < TIMEOUT,
+            "{event}: answered {took:?} after delivery, past the {TIMEOUT:?} deadline"
+        );
+    }
+}
+
+/// An answer under way when the deadline nears is cut with an error event, and Dify's
+/// task stopped, before the invocation ends.
+#[tokio::test]
+async fn an_answer_under_way_ends_before_the_invocation_deadline() {
+    const TIMEOUT: Duration = Duration::from_secs(7);
+    const TASK: &str = "task-lambda-deadline-01";
+    let dify = FakeDify::start().await;
+    dify.set(
+        APP_KEY,
+        Scenario::endless(" tok", Duration::from_millis(200), TASK),
+    );
+    let runtime = FakeRuntime::start().await;
+    let function = Function::serving(&runtime, &dify);
+    let id = runtime.invoke_with_timeout(event_text("chat-streaming.json"), TIMEOUT);
+    let response = function.response(&runtime, &id).await;
+    assert_eq!(response.status, 200, "{}", response.body_text());
+    let error: Value = sse_events(&response)
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(&e.data).ok())
+        .find(|v| v.get("error").is_some())
+        .unwrap_or_else(|| panic!("no error event: {}", response.body_text()));
+    assert_eq!(error["error"]["code"], "dify_stream_error", "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the function's time limit")),
+        "{error}"
+    );
+    let finished = response.raw.finished.expect("a complete response");
+    let took = finished.saturating_duration_since(response.delivered);
+    assert!(took < TIMEOUT, "answered {took:?} after delivery");
+    let Some(stop) = dify.wait_for_stop_of(TASK, Duration::from_secs(10)).await else {
+        panic!("Dify's task was never stopped\n{}", function.logs());
+    };
+    assert!(
+        stop.answered <= finished,
+        "the stop came after the response ended"
+    );
+
+    // A blocking answer cut the same way says so in its 502, not as a request that
+    // never started.
+    let id = runtime.invoke_with_timeout(event_text("chat-blocking.json"), TIMEOUT);
+    let response = function.response(&runtime, &id).await;
+    assert_eq!(response.status, 502, "{}", response.body_text());
+    let body = response.json();
+    assert_eq!(body["error"]["code"], "dify_stream_error", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the function's time limit")),
+        "{body}"
+    );
+    let finished = response.raw.finished.expect("a complete response");
+    assert!(finished.saturating_duration_since(response.delivered) < TIMEOUT);
+}

@@ -5,6 +5,8 @@
 pub mod models;
 /// Secrets read from SSM Parameter Store at cold start.
 pub mod ssm;
+/// CONVERSATION_STORE and CONVERSATION_DB_PATH: which conversation store, and its file.
+pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -187,6 +189,8 @@ pub struct Config {
     pub server_port: u16,
     /// DynamoDB table for chat → conversation mappings; None keeps them in process.
     pub conversation_table: Option<String>,
+    /// `CONVERSATION_STORE` and `CONVERSATION_DB_PATH`; see [`store::StoreSettings::choose`].
+    pub conversation_store: store::StoreSettings,
     pub conversation_ttl: Duration,
     /// Longest store lookup (on the way to the first token) and store write (while the
     /// answer streams), retries included.
@@ -409,6 +413,7 @@ impl Config {
                 ),
             ));
         }
+        let conversation_store = store::parse(get, conversation_table.as_deref(), &mut problems);
         let chat_id_header = match get("CHAT_ID_HEADER") {
             None => HeaderName::from_static(DEFAULT_CHAT_ID_HEADER),
             Some(raw) => HeaderName::from_bytes(raw.trim().to_ascii_lowercase().as_bytes())
@@ -499,6 +504,7 @@ impl Config {
                 server_host,
                 server_port,
                 conversation_table,
+                conversation_store,
                 conversation_ttl,
                 store_lookup_timeout,
                 store_write_timeout,

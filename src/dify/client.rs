@@ -9,10 +9,12 @@ use futures_util::{Stream, StreamExt};
 use url::Url;
 
 use super::error::DifyError;
+use super::ids;
 use super::multipart::upload_form;
 use super::sse::EventDecoder;
 use super::types::{ChatMessageRequest, DifyEvent, ErrorResponse, RunRequest, UploadedFile};
 use crate::apps::{AppMode, InfoResponse};
+use crate::deadline::Deadline;
 use crate::telemetry::error_chain;
 
 /// How much of an error body we read: enough for any Dify error, bounded for HTML pages.
@@ -47,6 +49,9 @@ impl DifyClient {
             // Idle keep-alive connections outlive a warm Lambda's pause; a short idle
             // timeout avoids reusing a socket the server has already closed.
             .pool_idle_timeout(Duration::from_secs(50))
+            // A redirect would resend the app key (and the prompt) to wherever it points;
+            // a 3xx is reported instead, naming where DIFY_API_BASE should point.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("opendify/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Self {
@@ -103,12 +108,24 @@ impl DifyClient {
         let url = self.url(mode.run_path())?;
         let send = self.http.post(url).bearer_auth(app_key).json(request);
         let response = self.send(send, self.timeout).await?;
+        // The request's own deadline (the Lambda invocation's, or the stream limit from
+        // the request's start) ends the answer too; outside a request, the limit from now.
+        let mut deadline = tokio::time::Instant::now() + self.limits.total;
+        let mut limit = format!("the limit of {} s", self.limits.total.as_secs());
+        if let Some(request) = Deadline::current() {
+            request.mark_started();
+            if request.at < deadline {
+                deadline = request.at;
+                limit = request.describe();
+            }
+        }
         Ok(EventStream {
             body: Box::pin(response.bytes_stream()),
             decoder: EventDecoder::new(),
             done: false,
             limits: self.limits,
-            deadline: tokio::time::Instant::now() + self.limits.total,
+            deadline,
+            limit,
             read: 0,
         })
     }
@@ -153,6 +170,9 @@ impl DifyClient {
     /// and the like). Dify always answers success; failures here are only logged, since
     /// the client is already gone.
     pub async fn stop(&self, mode: AppMode, app_key: &str, task_id: &str, user: &str) {
+        let Some(task_id) = ids::checked("task_id", task_id) else {
+            return;
+        };
         let url = match self.url(&mode.stop_path(task_id)) {
             Ok(u) => u,
             Err(_) => return,
@@ -182,6 +202,9 @@ impl DifyClient {
     /// Deletes a conversation of `user` (Dify answers 204), bounded like a stop. Failures
     /// are logged, never surfaced: the answer was already delivered.
     pub async fn delete_conversation(&self, app_key: &str, conversation: &str, user: &str) {
+        let Some(conversation) = ids::checked("conversation_id", conversation) else {
+            return;
+        };
         let Ok(url) = self.url(&format!("conversations/{conversation}")) else {
             return;
         };
@@ -219,6 +242,9 @@ impl DifyClient {
             Ok(Err(e)) => return Err(DifyError::Unreachable(error_chain(&e))),
             Ok(Ok(r)) => r,
         };
+        if response.status().is_redirection() {
+            return Err(redirect_error(&response));
+        }
         if !response.status().is_success() {
             return Err(self.http_error(response).await);
         }
@@ -277,6 +303,21 @@ impl DifyClient {
     }
 }
 
+/// The redirect as an error naming its target by path only: a `Location` can carry
+/// credentials or a signed query.
+fn redirect_error(response: &reqwest::Response) -> DifyError {
+    let location = response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|l| response.url().join(l).ok())
+        .map_or_else(|| "no Location".to_string(), |u| u.path().to_string());
+    DifyError::Redirect {
+        status: response.status().as_u16(),
+        location,
+    }
+}
+
 pub(super) async fn read_limited(response: reqwest::Response, limit: usize) -> Vec<u8> {
     let mut body = Vec::new();
     let mut stream = response.bytes_stream();
@@ -297,6 +338,8 @@ pub struct EventStream {
     done: bool,
     limits: StreamLimits,
     deadline: tokio::time::Instant,
+    /// How messages name what `deadline` comes from.
+    limit: String,
     read: u64,
 }
 
@@ -314,10 +357,7 @@ impl EventStream {
             Err(_) => {
                 self.done = true;
                 let why = if tokio::time::Instant::now() >= self.deadline {
-                    format!(
-                        "the answer took longer than the limit of {} s",
-                        self.limits.total.as_secs()
-                    )
+                    format!("the answer took longer than {}", self.limit)
                 } else {
                     format!("Dify sent nothing for {} s", self.limits.idle.as_secs())
                 };
@@ -353,6 +393,13 @@ impl EventStream {
         }
         for item in decoded {
             match item {
+                Ok(event) if !ids_fit_a_path(&event) => {
+                    self.done = true;
+                    out.push(Err(DifyError::Stream(
+                        "Dify sent a task or conversation id that is not an id".to_string(),
+                    )));
+                    break;
+                }
                 Ok(event) => out.push(Ok(event)),
                 Err(e) => {
                     self.done = true;
@@ -363,6 +410,18 @@ impl EventStream {
         }
         !self.done
     }
+}
+
+/// The ids an event names go into URL paths later (the task's stop, a conversation's
+/// deletion): one that could change the path makes the stream a protocol error.
+fn ids_fit_a_path(event: &DifyEvent) -> bool {
+    // An empty id (some events of one-shot apps) names nothing and is never used.
+    let fits = |kind, id: Option<&str>| {
+        id.filter(|id| !id.is_empty())
+            .is_none_or(|id| ids::checked(kind, id).is_some())
+    };
+    fits("task_id", event.task_id.as_deref())
+        && fits("conversation_id", event.conversation_id.as_deref())
 }
 
 impl EventStream {

@@ -24,6 +24,10 @@ pub enum DifyError {
         /// keeps every `Result<_, ApiError>` small.
         endpoint: Box<str>,
     },
+    /// A 3xx answer: redirects are never followed (they could carry the app key to another
+    /// host). `location` is the target's path only, without query or credentials.
+    #[error("Dify answered a redirect (HTTP {status} to {location})")]
+    Redirect { status: u16, location: String },
     /// An `error` event inside a stream.
     #[error("Dify reported an error ({code}): {message}")]
     Event {
@@ -45,6 +49,9 @@ impl DifyError {
             DifyError::Event { code, status, .. } => format!("error event {code} ({status:?})"),
             DifyError::Timeout(t) => format!("no response head within {} s", t.as_secs()),
             DifyError::Unreachable(cause) => format!("unreachable: {cause}"),
+            DifyError::Redirect { status, location } => {
+                format!("redirect HTTP {status} to {location}")
+            }
             DifyError::Stream(cause) => cause.clone(),
         }
     }

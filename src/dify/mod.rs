@@ -4,6 +4,8 @@
 pub mod audio;
 pub mod client;
 pub mod error;
+/// The shape of Dify's ids, checked before one goes into a URL path.
+pub mod ids;
 pub mod multipart;
 /// `GET /parameters`: an app's input form and file-upload settings.
 pub mod parameters;

@@ -26,6 +26,16 @@ pub fn from_dify(model: &str, error: &DifyError, started: bool) -> ClientError {
             format!("Dify did not start answering within {} s.", t.as_secs()),
         )
         .no_retry(),
+        // A wrong DIFY_API_BASE (http for https, a missing /v1): retrying cannot help.
+        DifyError::Redirect { status, location } => ClientError::new(
+            StatusCode::BAD_GATEWAY,
+            "server_error",
+            Some("dify_redirect"),
+            format!(
+                "Dify answered a redirect (HTTP {status} to {location}), which the proxy does not follow; set DIFY_API_BASE to the final URL."
+            ),
+        )
+        .no_retry(),
         DifyError::Http {
             status,
             code,
@@ -55,6 +65,18 @@ pub fn from_dify(model: &str, error: &DifyError, started: bool) -> ClientError {
         ),
     };
     if started { c.no_retry() } else { c }
+}
+
+/// The request reached its time limit (`limit`, as [`crate::deadline::Deadline`] names
+/// it) before its answer started. Dify may be running it already: no automatic retry.
+pub fn deadline_reached(limit: &str) -> ClientError {
+    ClientError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "server_error",
+        Some("request_time_limit"),
+        format!("The request reached {limit} before Dify's answer started."),
+    )
+    .no_retry()
 }
 
 /// `endpoint`: the path that answered, empty for an in-stream error.
@@ -499,6 +521,14 @@ mod tests {
                 "dify_timeout",
             ),
             (DifyError::Stream("cut".into()), 502, "dify_stream_error"),
+            (
+                DifyError::Redirect {
+                    status: 301,
+                    location: "/v1/info".into(),
+                },
+                502,
+                "dify_redirect",
+            ),
             (event("workflow_failed"), 502, "dify_workflow_failed"),
             (event("workflow_stopped"), 502, "dify_workflow_stopped"),
             (event("workflow_no_output"), 502, "dify_workflow_no_output"),

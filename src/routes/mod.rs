@@ -10,6 +10,8 @@ mod auth;
 mod blocking;
 /// `POST /v1/chat/completions`: the orchestration.
 mod chat;
+/// Every request bounded by the invocation's deadline or the stream limit.
+mod deadline;
 /// Errors as HTTP responses.
 mod error;
 /// The JSON body extractor with OpenAI-shaped rejections.
@@ -74,6 +76,10 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            deadline::bound,
         ))
         // Outside auth: browsers send preflights without credentials.
         .layer(cors_layer(&state.config().cors))

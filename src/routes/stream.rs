@@ -9,14 +9,18 @@ use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout_at};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::answer::AnswerRun;
 use crate::answer::{Accumulator, StreamEncoder};
+use crate::deadline::Deadline;
 use crate::dify::EventStream;
 
 /// How long to keep reading an abandoned stream for the task id needed to stop it.
 const TASK_ID_GRACE: Duration = Duration::from_secs(10);
+/// The close's bound outside Lambda: none in practice (its own steps are bounded).
+const UNBOUNDED: Duration = Duration::from_secs(24 * 3600);
 
 /// An SSE response whose body is fed by a background pump.
 pub fn stream_answer(
@@ -25,7 +29,9 @@ pub fn stream_answer(
     run: AnswerRun,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<Bytes>(32);
-    tokio::spawn(pump(upstream, encoder, tx, run));
+    // The pump runs in its own task, outside the request's: it takes the end along.
+    let end = Deadline::current().and_then(|d| d.hard);
+    tokio::spawn(pump(upstream, encoder, tx, run, end));
     let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, Infallible>));
     let mut response = Response::new(body);
     let headers = response.headers_mut();
@@ -41,13 +47,17 @@ pub fn stream_answer(
 
 /// Moves the answer to the client as it arrives: every network read from Dify becomes at
 /// most one write to the client, with no timer of our own in between. A client that stops
-/// reading gets the same limits as a silent Dify.
+/// reading gets the same limits as a silent Dify. `end` (the Lambda invocation's) bounds
+/// the close too: past it the response would be cut by Lambda anyway, and the work left
+/// (the task's stop) is done by the task's drop.
 async fn pump(
     mut upstream: EventStream,
     mut encoder: impl StreamEncoder,
     tx: mpsc::Sender<Bytes>,
     mut run: AnswerRun,
+    end: Option<Instant>,
 ) {
+    let end = end.unwrap_or_else(|| Instant::now() + UNBOUNDED);
     let mut buf = Vec::new();
     encoder.start(&mut buf);
     let mut answer = Accumulator::without_content();
@@ -64,7 +74,12 @@ async fn pump(
         }
         if answer.is_over() {
             // The body ends once the stop (if any) and the store writes are done.
-            run.close(&answer, encoder.visible_text()).await;
+            if timeout_at(end, run.close(&answer, encoder.visible_text()))
+                .await
+                .is_err()
+            {
+                tracing::warn!(model = %run.model, "the answer's close reached the function's time limit");
+            }
             return;
         }
         let more = tokio::select! {
@@ -87,7 +102,8 @@ async fn pump(
     // If no frame has named the task yet, read on briefly for it.
     if run.task.task_id().is_none() {
         let task = &mut run.task;
-        let _ = tokio::time::timeout(TASK_ID_GRACE, async {
+        let grace = end.min(Instant::now() + TASK_ID_GRACE);
+        let _ = timeout_at(grace, async {
             while upstream.next_batch(&mut items).await {
                 for event in items.drain(..).flatten() {
                     task.learn(event.task_id.as_deref());
@@ -99,5 +115,7 @@ async fn pump(
         })
         .await;
     }
-    run.finish(false, why).await;
+    if timeout_at(end, run.finish(false, why)).await.is_err() {
+        tracing::warn!(model = %run.model, "the answer's close reached the function's time limit");
+    }
 }

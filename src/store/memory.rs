@@ -245,6 +245,12 @@ mod tests {
 
     const HOUR: Duration = Duration::from_secs(3600);
 
+    // The expiry tests run on tokio's paused clock (the store reads tokio's Instant):
+    // `advance` moves time exactly, so a loaded machine cannot stretch a wait past a TTL.
+    async fn advance(by: Duration) {
+        tokio::time::advance(by).await;
+    }
+
     #[test]
     fn get_put_round_trip() {
         let s = MemoryStore::new(HOUR);
@@ -287,38 +293,38 @@ mod tests {
         }
     }
 
-    #[test]
-    fn expired_entry_is_absent_and_replaceable() {
+    #[tokio::test(start_paused = true)]
+    async fn expired_entry_is_absent_and_replaceable() {
         let s = MemoryStore::new(Duration::from_millis(30));
         s.put_now("k", "old");
-        std::thread::sleep(Duration::from_millis(60));
+        advance(Duration::from_millis(60)).await;
         assert_eq!(s.get_now("k"), None);
         assert_eq!(s.put_new_now("k", "new"), PutOutcome::Stored);
         assert_eq!(s.get_now("k").as_deref(), Some("new"));
     }
 
-    #[test]
-    fn touch_extends_only_the_matching_live_entry() {
+    #[tokio::test(start_paused = true)]
+    async fn touch_extends_only_the_matching_live_entry() {
         let s = MemoryStore::new(Duration::from_millis(200));
         s.put_now("k", "c");
-        std::thread::sleep(Duration::from_millis(120));
+        advance(Duration::from_millis(120)).await;
         s.touch_now("k", "other");
         s.touch_now("k", "c");
-        std::thread::sleep(Duration::from_millis(120));
+        advance(Duration::from_millis(120)).await;
         // 240 ms after the write, alive only thanks to the touch at 120 ms.
         assert_eq!(s.get_now("k").as_deref(), Some("c"));
         s.touch_now("k", "other");
-        std::thread::sleep(Duration::from_millis(120));
+        advance(Duration::from_millis(120)).await;
         assert_eq!(s.get_now("k"), None, "a mismatched touch must not extend");
     }
 
-    #[test]
-    fn touch_does_not_resurrect() {
+    #[tokio::test(start_paused = true)]
+    async fn touch_does_not_resurrect() {
         let s = MemoryStore::new(Duration::from_millis(30));
         s.touch_now("missing", "c");
         assert_eq!(s.get_now("missing"), None);
         s.put_now("k", "c");
-        std::thread::sleep(Duration::from_millis(60));
+        advance(Duration::from_millis(60)).await;
         s.touch_now("k", "c");
         assert_eq!(s.get_now("k"), None);
     }
@@ -334,13 +340,13 @@ mod tests {
         s.delete_now("k", "newer");
     }
 
-    #[test]
-    fn expired_entries_are_swept() {
+    #[tokio::test(start_paused = true)]
+    async fn expired_entries_are_swept() {
         let s = MemoryStore::new(Duration::from_millis(1));
         for i in 0..MIN_SWEEP {
             s.put_now(&format!("k{i}"), "c");
         }
-        std::thread::sleep(Duration::from_millis(5));
+        advance(Duration::from_millis(5)).await;
         for i in 0..MIN_SWEEP {
             s.put_now(&format!("j{i}"), "c");
         }

@@ -1,7 +1,8 @@
 //! The conversation store: an opaque key (the caller hashes model, user and chat id into
 //! it) maps to a Dify `conversation_id`, with expiry, and for chats the digests of what
-//! that conversation holds. DynamoDB in Lambda, process memory for local runs. Only ids
-//! and digests are stored, never message text.
+//! that conversation holds. DynamoDB in Lambda, an SQLite file for local runs (process
+//! memory for tests, or on Lambda without a table). Only ids and digests are stored,
+//! never message text.
 //!
 //! Every operation may fail with a [`StoreError`]; callers treat a failing store as "no
 //! memory" and still answer, so implementations bound how long a failure takes.
@@ -11,9 +12,11 @@ use std::pin::Pin;
 
 pub mod dynamo;
 pub mod memory;
+pub mod sqlite;
 
 pub use dynamo::DynamoStore;
 pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -128,6 +131,6 @@ pub trait ConversationStore: Send + Sync {
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
 
     /// What backs the store, for the startup log line ("dynamodb table NAME",
-    /// "in-process memory").
+    /// "sqlite file PATH", "in-process memory").
     fn describe(&self) -> String;
 }

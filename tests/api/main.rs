@@ -21,5 +21,6 @@ mod models;
 mod provider_errors;
 mod reasoning;
 mod responses;
+mod runtime_limits;
 mod stream_ends;
 mod unsupported;

@@ -413,6 +413,11 @@ fn proxy_command(vars: &[(&str, String)]) -> Command {
     for (k, v) in vars {
         cmd.env(k, v);
     }
+    // Without a table, memory as before the SQLite default: the figures stay comparable,
+    // and no chat id is carried from one run to the next in ./data/opendify.db.
+    if !vars.iter().any(|(k, _)| *k == "CONVERSATION_TABLE") {
+        cmd.env("CONVERSATION_STORE", "memory");
+    }
     cmd
 }
 

@@ -468,6 +468,10 @@ impl FakeDify {
                 delete(delete_conversation).fallback(method_not_allowed),
             )
             .fallback(not_found)
+            .layer(axum::middleware::from_fn_with_state(
+                shared.clone(),
+                redirect_layer,
+            ))
             .layer(DefaultBodyLimit::disable())
             .with_state(shared.clone());
         // Without TCP_NODELAY, Nagle holds back the small writes of a paced stream.
@@ -485,6 +489,19 @@ impl FakeDify {
             shared,
             _guard: Arc::new(ShutdownGuard(tx)),
         }
+    }
+
+    /// Every request (any path) is answered `status` with `Location: location`, as
+    /// a Dify behind a proxy that moved it (http to https, another path). Requests
+    /// for a path under `/moved/` (where such a redirect points) are counted in
+    /// [`FakeDify::moved_hits`] and answered 404.
+    pub fn set_redirect(&self, status: u16, location: &str) {
+        self.shared.lock().redirect = Some((status, location.to_string()));
+    }
+
+    /// How many requests followed a redirect to `/moved/...`.
+    pub fn moved_hits(&self) -> usize {
+        self.shared.lock().moved_hits
     }
 
     /// `http://127.0.0.1:PORT/v1`: the proxy's `DIFY_API_BASE`.
@@ -662,6 +679,10 @@ struct Data {
     apps: apps::AppsData,
     /// See `fake_dify_files.rs`.
     files: files::FileStore,
+    /// See [`FakeDify::set_redirect`].
+    redirect: Option<(u16, String)>,
+    /// Requests that reached a path under `/moved/` (a followed redirect).
+    moved_hits: usize,
 }
 
 struct TaskEntry {
@@ -669,6 +690,27 @@ struct TaskEntry {
     key: String,
     user: String,
     stop: Arc<Notify>,
+}
+
+/// [`FakeDify::set_redirect`]: answers the redirect, or counts a followed one.
+async fn redirect_layer(
+    State(st): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if request.uri().path().starts_with("/moved/") {
+        st.lock().moved_hits += 1;
+        return not_found().await;
+    }
+    let redirect = st.lock().redirect.clone();
+    match redirect {
+        Some((status, location)) => Response::builder()
+            .status(status)
+            .header(header::LOCATION, location)
+            .body(Body::empty())
+            .expect("fake_dify: redirect response"),
+        None => next.run(request).await,
+    }
 }
 
 impl Shared {

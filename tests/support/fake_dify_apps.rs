@@ -84,6 +84,7 @@ pub(super) struct AppsData {
     names: HashMap<String, (String, String)>,
     info_delay: Duration,
     info_missing: bool,
+    info_failures: std::collections::VecDeque<u16>,
     info_calls: Vec<String>,
     requests: Vec<AppRequest>,
     stops: Vec<AppStop>,
@@ -115,6 +116,12 @@ impl FakeDify {
     /// `/info` answers 404 (a gateway that exposes only the chat route).
     pub fn set_info_missing(&self, missing: bool) {
         self.shared.lock().apps.info_missing = missing;
+    }
+
+    /// The next `/info` calls answer these statuses (Dify's error body), one each, in
+    /// order; then `/info` answers as usual (a Dify busy or failing at cold start).
+    pub fn set_info_failures(&self, statuses: &[u16]) {
+        self.shared.lock().apps.info_failures = statuses.iter().copied().collect();
     }
 
     /// The bearer token of every `/info` call, in order.
@@ -181,13 +188,26 @@ pub(super) fn refuse_chat(st: &Shared, key: &str) -> Option<Response> {
 
 async fn info(State(st): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     let token = parse_authorization(header_str(&headers, header::AUTHORIZATION).as_deref());
-    let (delay, missing) = {
+    let (delay, missing, failure) = {
         let mut d = st.lock();
         d.apps.info_calls.push(token.clone().unwrap_or_default());
-        (d.apps.info_delay, d.apps.info_missing)
+        let failure = d.apps.info_failures.pop_front();
+        (d.apps.info_delay, d.apps.info_missing, failure)
     };
     if missing {
         return not_found().await;
+    }
+    if let Some(status) = failure {
+        let code = if status == 429 {
+            "too_many_requests"
+        } else {
+            "internal_server_error"
+        };
+        return plain_response(
+            status,
+            JSON_CONTENT_TYPE,
+            super::dify_error_body(status, code, "Try again later."),
+        );
     }
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;

@@ -119,6 +119,8 @@ pub struct Record {
     pub delivered: Option<Instant>,
     pub response: Option<RawResponse>,
     pub error: Option<ErrorReport>,
+    /// How long the invocation may run from delivery (its `lambda-runtime-deadline-ms`).
+    pub timeout: Duration,
 }
 
 /// A finished invocation, with a streamed response split into prelude and body.
@@ -384,6 +386,12 @@ impl FakeRuntime {
 
     /// Queues an event and returns its request id.
     pub fn invoke(&self, event: impl Into<Bytes>) -> String {
+        self.invoke_with_timeout(event, INVOCATION_TIMEOUT)
+    }
+
+    /// Queues an event whose deadline is `timeout` after `/next` hands it out (a
+    /// function with a short timeout).
+    pub fn invoke_with_timeout(&self, event: impl Into<Bytes>, timeout: Duration) -> String {
         let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let request_id = format!("8f5d2c1a-0000-4000-8000-{n:012x}");
         let record = Record {
@@ -394,6 +402,7 @@ impl FakeRuntime {
             delivered: None,
             response: None,
             error: None,
+            timeout,
         };
         self.shared.update(|d| {
             d.records.insert(request_id.clone(), record);
@@ -526,7 +535,7 @@ fn event_response(record: &Record) -> Response {
     let deadline = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
-        .saturating_add(INVOCATION_TIMEOUT)
+        .saturating_add(record.timeout)
         .as_millis()
         .to_string();
     let trace = format!(

@@ -10,4 +10,5 @@ pub mod fake_dify;
 pub mod lambda_runtime;
 pub mod moto;
 pub mod process;
+pub mod tempdir;
 pub use fake_dify::*;

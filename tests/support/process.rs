@@ -2,19 +2,42 @@
 //! its stderr captured, killed by its own PID when the test ends.
 
 use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// The binary with exactly these variables (plus PATH), stdout and stderr piped.
+/// The variables that choose a conversation store.
+const STORE_VARS: [&str; 3] = [
+    "CONVERSATION_STORE",
+    "CONVERSATION_TABLE",
+    "CONVERSATION_DB_PATH",
+];
+
+/// The binary with exactly these variables (plus PATH), stdout and stderr piped. It runs
+/// in this package's directory, where the default store's file (data/opendify.db) would
+/// carry chats from test to test and run to run: unless `vars` choose a store, it keeps
+/// conversations in memory ([`command_in`] runs it elsewhere with the default store).
 pub fn command(vars: &[(&str, &str)]) -> Command {
+    let mut cmd = command_in(None, vars);
+    if !vars.iter().any(|(k, _)| STORE_VARS.contains(k)) {
+        cmd.env("CONVERSATION_STORE", "memory");
+    }
+    cmd
+}
+
+/// [`command`], run in `dir` if given, with no store chosen for it.
+pub fn command_in(dir: Option<&Path>, vars: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_opendify"));
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    if let Some(dir) = dir {
+        cmd.current_dir(dir);
+    }
     for (k, v) in vars {
         cmd.env(k, v);
     }
@@ -59,7 +82,19 @@ impl Running {
 pub fn start(vars: &[(&str, &str)]) -> Running {
     let mut all = vec![("SERVER_PORT", "0")];
     all.extend_from_slice(vars);
-    let mut child = command(&all).spawn().unwrap();
+    spawn(command(&all))
+}
+
+/// [`start`] in `dir`, with the default conversation store (its file under `dir`) unless
+/// `vars` choose one.
+pub fn start_in(dir: &Path, vars: &[(&str, &str)]) -> Running {
+    let mut all = vec![("SERVER_PORT", "0")];
+    all.extend_from_slice(vars);
+    spawn(command_in(Some(dir), &all))
+}
+
+fn spawn(mut command: Command) -> Running {
+    let mut child = command.spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let log = Arc::new(Mutex::new(String::new()));
     let (tx, rx) = std::sync::mpsc::channel();
