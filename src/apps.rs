@@ -374,6 +374,7 @@ mod tests {
             code: String::new(),
             message: String::new(),
             retry_after: None,
+            endpoint: "/v1/info".into(),
         };
         for status in [408, 429, 500, 502, 503, 504] {
             assert!(

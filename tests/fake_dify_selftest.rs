@@ -686,3 +686,178 @@ async fn upload_refusals_look_like_dify() {
     let (status, code, _) = dify_error(resp).await;
     assert_eq!((status, code.as_str()), (400, "no_file_uploaded"));
 }
+
+async fn post_audio(
+    fake: &FakeDify,
+    key: &str,
+    filename: &str,
+    mime: &str,
+    bytes: &[u8],
+) -> reqwest::Response {
+    let form = opendify::dify::multipart::upload_form(USER, filename, mime, bytes);
+    reqwest::Client::new()
+        .post(format!("{}/audio-to-text", fake.base_url()))
+        .bearer_auth(key)
+        .header("content-type", form.content_type)
+        .body(form.body)
+        .send()
+        .await
+        .expect("request to the fake failed")
+}
+
+#[tokio::test]
+async fn text_to_audio_checks_like_dify_and_streams_mp3() {
+    let fake = FakeDify::start().await;
+    let url = format!("{}/text-to-audio", fake.base_url());
+    let tts = |key: &'static str, body: Value| {
+        let url = url.clone();
+        async move { post_json(url, Some(key), &body).await }
+    };
+    // Unknown key, then no text, then the feature off: Dify's order and bodies.
+    let (status, code, _) = dify_error(tts("app-unknown", json!({"text": "Hi"})).await).await;
+    assert_eq!((status, code.as_str()), (401, "unauthorized"));
+    fake.set_speech(
+        KEY,
+        SpeechApp {
+            hold_after_first: true,
+            ..SpeechApp::default()
+        },
+    );
+    let (status, code, message) = dify_error(tts(KEY, json!({"user": USER})).await).await;
+    assert_eq!(
+        (status, code.as_str(), message.as_str()),
+        (400, "invalid_param", "Text is required")
+    );
+    fake.set_speech(
+        "app-mute",
+        SpeechApp {
+            text_to_speech: false,
+            ..SpeechApp::default()
+        },
+    );
+    let (status, code, message) =
+        dify_error(tts("app-mute", json!({"text": "Hi", "voice": "alloy"})).await).await;
+    assert_eq!(
+        (status, code.as_str(), message.as_str()),
+        (400, "invalid_param", "TTS is not enabled")
+    );
+
+    // The first chunk arrives while the rest is held.
+    let mut r = tts(KEY, json!({"text": "Hi", "user": USER, "streaming": true})).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "audio/mpeg");
+    let first = tokio::time::timeout(Duration::from_secs(20), r.chunk())
+        .await
+        .expect("first chunk before the release")
+        .unwrap()
+        .unwrap();
+    assert_eq!(&first[..], &SpeechApp::default().audio[0][..]);
+    fake.release_audio();
+    let rest = joined(&chunks(r).await);
+    assert_eq!(rest, SpeechApp::default().audio[1]);
+    let calls = fake.audio_calls();
+    let last = calls.last().unwrap();
+    assert_eq!(last.user.as_deref(), Some(USER));
+    assert_eq!(last.body["streaming"], true);
+}
+
+#[tokio::test]
+async fn audio_to_text_checks_like_dify() {
+    let fake = FakeDify::start().await;
+    fake.set_speech(KEY, SpeechApp::default());
+    fake.set_speech(
+        "app-deaf",
+        SpeechApp {
+            speech_to_text: false,
+            ..SpeechApp::default()
+        },
+    );
+    let r = post_audio(&fake, KEY, "a.mp3", "audio/mp3", b"ID3 frames").await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v, json!({"text": SpeechApp::default().transcript}));
+    let call = fake.audio_calls().pop().unwrap();
+    assert_eq!(call.user.as_deref(), Some(USER));
+    assert_eq!(
+        call.file,
+        Some((
+            "a.mp3".to_string(),
+            "audio/mp3".to_string(),
+            Bytes::from_static(b"ID3 frames")
+        ))
+    );
+
+    let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
+        ("app-deaf", "audio/mp3", b"x".to_vec(), 400, "invalid_param"),
+        (
+            KEY,
+            "audio/mpeg",
+            b"x".to_vec(),
+            415,
+            "unsupported_audio_type",
+        ),
+        (
+            KEY,
+            "audio/ogg",
+            b"x".to_vec(),
+            415,
+            "unsupported_audio_type",
+        ),
+        (
+            KEY,
+            "audio/wav",
+            vec![0; AUDIO_LIMIT + 1],
+            413,
+            "audio_too_large",
+        ),
+        (
+            KEY,
+            "audio/wav",
+            Vec::new(),
+            400,
+            "completion_request_error",
+        ),
+    ];
+    for (key, mime, bytes, status, code) in cases {
+        let (got, got_code, message) =
+            dify_error(post_audio(&fake, key, "a", mime, &bytes).await).await;
+        assert_eq!(
+            (got, got_code.as_str()),
+            (status, code),
+            "{mime}: {message}"
+        );
+    }
+    // No `file` part: werkzeug's KeyError.
+    let r = reqwest::Client::new()
+        .post(format!("{}/audio-to-text", fake.base_url()))
+        .bearer_auth(KEY)
+        .json(&json!({"user": USER}))
+        .send()
+        .await
+        .unwrap();
+    let (status, code, _) = dify_error(r).await;
+    assert_eq!((status, code.as_str()), (400, "bad_request_key_error"));
+}
+
+#[tokio::test]
+async fn parameters_report_the_speech_settings() {
+    let fake = FakeDify::start().await;
+    fake.set_speech(
+        KEY,
+        SpeechApp {
+            speech_to_text: false,
+            voice: "echo".into(),
+            ..SpeechApp::default()
+        },
+    );
+    let r = reqwest::Client::new()
+        .get(format!("{}/parameters", fake.base_url()))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["speech_to_text"]["enabled"], false);
+    assert_eq!(v["text_to_speech"]["enabled"], true);
+    assert_eq!(v["text_to_speech"]["voice"], "echo");
+}

@@ -38,7 +38,7 @@ pub struct DifyClient {
     pub(super) http: reqwest::Client,
     base: Url,
     pub(super) timeout: Duration,
-    limits: StreamLimits,
+    pub(super) limits: StreamLimits,
 }
 
 impl DifyClient {
@@ -150,6 +150,7 @@ impl DifyClient {
             .body(form.body);
         let response = self.send(send, self.timeout).await?;
         let status = response.status();
+        let endpoint: Box<str> = response.url().path().into();
         let body = tokio::time::timeout(self.timeout, read_limited(response, MAX_ERROR_BODY))
             .await
             .unwrap_or_default();
@@ -160,6 +161,7 @@ impl DifyClient {
                 code: String::new(),
                 message: format!("HTTP {status} without an uploaded file's id"),
                 retry_after: None,
+                endpoint,
             }),
         }
     }
@@ -273,6 +275,7 @@ impl DifyClient {
 
     pub(super) async fn http_error(&self, response: reqwest::Response) -> DifyError {
         let status = response.status().as_u16();
+        let endpoint: Box<str> = response.url().path().into();
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)
@@ -287,12 +290,14 @@ impl DifyClient {
                 code: e.code,
                 message: e.message,
                 retry_after,
+                endpoint,
             },
             _ => DifyError::Http {
                 status,
                 code: String::new(),
                 message: format!("HTTP {status} without a Dify error body"),
                 retry_after,
+                endpoint,
             },
         }
     }

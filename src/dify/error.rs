@@ -20,6 +20,9 @@ pub enum DifyError {
         code: String,
         message: String,
         retry_after: Option<String>,
+        /// The URL path that answered (`/v1/chat-messages`), never its query. Boxed: it
+        /// keeps every `Result<_, ApiError>` small.
+        endpoint: Box<str>,
     },
     /// A 3xx answer: redirects are never followed (they could carry the app key to another
     /// host). `location` is the target's path only, without query or credentials.

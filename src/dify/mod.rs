@@ -1,5 +1,7 @@
 //! Dify's service API: wire types, the SSE frame decoder, the HTTP client, its errors.
 
+/// `/text-to-audio` and `/audio-to-text`.
+pub mod audio;
 pub mod client;
 pub mod error;
 /// The shape of Dify's ids, checked before one goes into a URL path.

@@ -23,6 +23,28 @@ pub struct AppParameters {
     /// The input variables, in the form's order.
     pub user_input_form: Vec<FormField>,
     pub file_upload: FileUpload,
+    /// `speech_to_text.enabled`: whether `/audio-to-text` works for the app.
+    pub speech_to_text: bool,
+    /// `text_to_speech`: whether `/text-to-audio` works, and its default voice.
+    pub text_to_speech: TextToSpeech,
+}
+
+/// The app's text-to-speech settings.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct TextToSpeech {
+    pub enabled: bool,
+    /// The voice Dify uses when a request names none (empty: the provider's first).
+    #[serde(deserialize_with = "lenient_string")]
+    pub voice: String,
+}
+
+/// A string, or empty for `null` or any other JSON type.
+fn lenient_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::String(s) => s,
+        _ => String::new(),
+    })
 }
 
 /// One input variable of the app's form.
@@ -75,9 +97,20 @@ impl AppParameters {
             .get("file_upload")
             .and_then(|f| FileUpload::deserialize(f).ok())
             .unwrap_or_default();
+        let speech_to_text = top
+            .get("speech_to_text")
+            .and_then(|s| s.get("enabled"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let text_to_speech = top
+            .get("text_to_speech")
+            .and_then(|t| TextToSpeech::deserialize(t).ok())
+            .unwrap_or_default();
         Ok(Self {
             user_input_form,
             file_upload,
+            speech_to_text,
+            text_to_speech,
         })
     }
 }
@@ -226,6 +259,21 @@ mod tests {
             ["remote_url", "local_file"]
         );
         assert_eq!(p.file_upload.allowed_file_types, ["image"]);
+        assert!(!p.speech_to_text && !p.text_to_speech.enabled);
+    }
+
+    #[test]
+    fn speech_settings_parse() {
+        let body = br#"{"speech_to_text": {"enabled": true},
+            "text_to_speech": {"enabled": true, "voice": "zh-CN-XiaoxiaoNeural", "language": "zh-Hans", "autoPlay": "enabled"}}"#;
+        let p = AppParameters::parse(body).unwrap();
+        assert!(p.speech_to_text);
+        assert!(p.text_to_speech.enabled);
+        assert_eq!(p.text_to_speech.voice, "zh-CN-XiaoxiaoNeural");
+        let p = AppParameters::parse(br#"{"text_to_speech": {"enabled": true, "voice": null}}"#)
+            .unwrap();
+        assert!(p.text_to_speech.enabled);
+        assert_eq!(p.text_to_speech.voice, "");
     }
 
     #[test]

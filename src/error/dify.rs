@@ -41,8 +41,9 @@ pub fn from_dify(model: &str, error: &DifyError, started: bool) -> ClientError {
             code,
             message,
             retry_after,
+            endpoint,
         } => {
-            let mut c = from_dify_code(model, Some(*status), code, message);
+            let mut c = from_dify_code(model, Some(*status), code, message, endpoint);
             if c.status == StatusCode::TOO_MANY_REQUESTS
                 && c.should_retry != Some(false)
                 && retry_after.is_some()
@@ -55,7 +56,7 @@ pub fn from_dify(model: &str, error: &DifyError, started: bool) -> ClientError {
             code,
             status,
             message,
-        } => from_dify_code(model, *status, code, message),
+        } => from_dify_code(model, *status, code, message, ""),
         DifyError::Stream(message) => ClientError::new(
             StatusCode::BAD_GATEWAY,
             "server_error",
@@ -78,7 +79,14 @@ pub fn deadline_reached(limit: &str) -> ClientError {
     .no_retry()
 }
 
-fn from_dify_code(model: &str, status: Option<u16>, code: &str, message: &str) -> ClientError {
+/// `endpoint`: the path that answered, empty for an in-stream error.
+fn from_dify_code(
+    model: &str,
+    status: Option<u16>,
+    code: &str,
+    message: &str,
+    endpoint: &str,
+) -> ClientError {
     use StatusCode as S;
     // Dify's messages may or may not end in a full stop; ours follow them.
     let quoted = match message.trim_end() {
@@ -157,8 +165,48 @@ fn from_dify_code(model: &str, status: Option<u16>, code: &str, message: &str) -
             format!("Dify does not accept files with this extension.{quoted}"),
         )
         .no_retry(),
+        // `/audio-to-text` and `/text-to-audio` (the routes check most of these first).
+        (_, "invalid_param") if is_speech_off(message).is_some() => {
+            let speech_to_text = is_speech_off(message) == Some(true);
+            let mut c = ClientError::from(&super::ApiError::SpeechDisabled {
+                model: model.to_string(),
+                speech_to_text,
+            });
+            c.body.error.message.push_str(&quoted);
+            c
+        }
+        (_, "unsupported_audio_type") => ClientError::new(
+            S::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            Some("unsupported_file_type"),
+            format!("Dify does not accept this type of audio.{quoted}"),
+        )
+        .no_retry(),
+        (_, "audio_too_large") => ClientError::new(
+            S::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            Some("file_too_large"),
+            format!("Dify refused the audio as too large.{quoted}"),
+        )
+        .no_retry(),
+        (_, "provider_not_support_speech_to_text") => ClientError::new(
+            S::BAD_GATEWAY,
+            "server_error",
+            Some("dify_model_unavailable"),
+            format!(
+                "The Dify workspace of the app behind `{model}` has no speech-to-text model set up (Settings → Model Provider → System Model Settings).{quoted}"
+            ),
+        )
+        .no_retry(),
         // The proxy builds the upload: these mean Dify and the proxy disagree on its form.
-        (_, "no_file_uploaded" | "too_many_files" | "filename_not_exists_error") => {
+        (
+            _,
+            "no_file_uploaded"
+            | "too_many_files"
+            | "filename_not_exists_error"
+            | "no_audio_uploaded"
+            | "bad_request_key_error",
+        ) => {
             ClientError::new(
                 S::BAD_GATEWAY,
                 "server_error",
@@ -177,7 +225,10 @@ fn from_dify_code(model: &str, status: Option<u16>, code: &str, message: &str) -
             S::BAD_GATEWAY,
             "server_error",
             Some("dify_endpoint_not_found"),
-            "Dify answered 404 for /chat-messages: check DIFY_API_BASE (it usually ends in /v1).".to_string(),
+            format!(
+                "Dify answered 404 for {}: check DIFY_API_BASE (it usually ends in /v1).",
+                if endpoint.is_empty() { "the request" } else { endpoint }
+            ),
         )
         .no_retry(),
         (_, "invalid_param") if message.starts_with("Run failed") => ClientError::new(
@@ -251,17 +302,32 @@ fn from_dify_code(model: &str, status: Option<u16>, code: &str, message: &str) -
     }
 }
 
+/// Dify's `ValueError` texts for an app with a speech feature off: `Some(true)` for
+/// speech-to-text, `Some(false)` for text-to-speech.
+fn is_speech_off(message: &str) -> Option<bool> {
+    match message.trim_end_matches('.') {
+        "Speech to text is not enabled" => Some(true),
+        "TTS is not enabled" => Some(false),
+        _ => None,
+    }
+}
+
 /// `completion_request_error`: the model provider failed, and what it said decides whether
 /// the client should change its request, wait, or stop retrying.
 fn provider_failure(model: &str, message: &str, quoted: &str) -> ClientError {
     use StatusCode as S;
     match provider::classify(message) {
+        // Clients act on words, not the code: LangChain's ContextOverflowError needs
+        // "prompt is too long" (a 400) or "exceeds the context window" (an error event),
+        // LiteLLM's ContextWindowExceededError "this model's maximum context length is"
+        // (newer versions also "prompt is too long"), Claude Code-style clients "prompt is
+        // too long". Dify's text may have none of them.
         ProviderFailure::ContextLength => ClientError::new(
             S::BAD_REQUEST,
             "invalid_request_error",
             Some("context_length_exceeded"),
             format!(
-                "The conversation is too long for the model behind `{model}`: shorten the messages or start a new conversation.{quoted}"
+                "Your prompt is too long: this model's maximum context length is exceeded (the conversation exceeds the context window of the model behind `{model}`). Shorten the messages or start a new conversation.{quoted}"
             ),
         )
         .no_retry(),
@@ -330,6 +396,7 @@ mod tests {
             code: code.into(),
             message: message.into(),
             retry_after: Some("3".into()),
+            endpoint: "/v1/chat-messages".into(),
         }
     }
 
@@ -475,12 +542,75 @@ mod tests {
                 502,
                 "dify_app_mode_unsupported",
             ),
+            (
+                http(400, "invalid_param", "TTS is not enabled"),
+                400,
+                "text_to_speech_disabled",
+            ),
+            (
+                http(400, "invalid_param", "Speech to text is not enabled"),
+                400,
+                "speech_to_text_disabled",
+            ),
+            (
+                http(400, "invalid_param", "Text is required"),
+                400,
+                "invalid_param",
+            ),
+            (
+                http(415, "unsupported_audio_type", "Audio type not allowed."),
+                415,
+                "unsupported_file_type",
+            ),
+            (
+                http(
+                    413,
+                    "audio_too_large",
+                    "Audio size exceeded. Audio size larger than 30 mb",
+                ),
+                413,
+                "file_too_large",
+            ),
+            (
+                http(
+                    400,
+                    "provider_not_support_speech_to_text",
+                    "Provider not support speech to text.",
+                ),
+                502,
+                "dify_model_unavailable",
+            ),
+            (
+                http(400, "no_audio_uploaded", "Please upload your audio."),
+                502,
+                "dify_upload_rejected",
+            ),
+            (
+                http(400, "bad_request_key_error", "x"),
+                502,
+                "dify_upload_rejected",
+            ),
         ];
         for (error, status, code) in rows {
             let c = from_dify("m", &error, false);
             assert_eq!(c.status.as_u16(), status, "{error:?}");
             assert_eq!(c.body.error.code.as_deref(), Some(code), "{error:?}");
         }
+    }
+
+    /// A wrong DIFY_API_BASE shows on whichever endpoint is called first: the message
+    /// names the one that answered.
+    #[test]
+    fn a_404_names_the_endpoint() {
+        let mut error = http(404, "", "HTTP 404 without a Dify error body");
+        if let DifyError::Http { endpoint, .. } = &mut error {
+            *endpoint = "/text-to-audio".into();
+        }
+        let c = from_dify("m", &error, false);
+        assert_eq!(
+            c.body.error.message,
+            "Dify answered 404 for /text-to-audio: check DIFY_API_BASE (it usually ends in /v1)."
+        );
     }
 
     #[test]
@@ -545,6 +675,7 @@ mod provider_tests {
             code: "completion_request_error".into(),
             message: message.into(),
             retry_after: None,
+            endpoint: "/v1/chat-messages".into(),
         }
     }
 
@@ -680,6 +811,33 @@ mod provider_tests {
         assert_eq!(c.should_retry, Some(false));
     }
 
+    /// The words clients match on, whatever the provider said (here Gemini's, which has
+    /// none of them), before Dify's own text.
+    #[test]
+    fn context_overflow_is_worded_for_clients() {
+        let c = from_dify(
+            "m",
+            &provider(
+                "[google] Error: 400 The input token count exceeds the maximum number of tokens allowed (1048576).",
+            ),
+            false,
+        );
+        let m = &c.body.error.message;
+        assert_eq!(
+            c.body.error.code.as_deref(),
+            Some("context_length_exceeded")
+        );
+        for words in [
+            "prompt is too long",
+            "this model's maximum context length is",
+            "exceeds the context window",
+            "model behind `m`",
+        ] {
+            assert!(m.contains(words), "{words}: {m}");
+        }
+        assert!(m.ends_with("Dify says: [google] Error: 400 The input token count exceeds the maximum number of tokens allowed (1048576)."), "{m}");
+    }
+
     /// Dify's own provider codes, next to `completion_request_error`.
     #[test]
     fn dify_provider_codes() {
@@ -701,6 +859,7 @@ mod provider_tests {
             code: code.into(),
             message: "x".into(),
             retry_after: None,
+            endpoint: "/v1/chat-messages".into(),
         }
     }
 }

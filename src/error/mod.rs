@@ -81,6 +81,17 @@ pub enum ApiError {
     /// The process is parsing as many request bytes as it may at once
     /// (`PARSE_BUDGET_BYTES`): retry shortly.
     Busy,
+    /// The Dify app behind `model` has its speech feature off: Text to Speech, or (when
+    /// `speech_to_text`) Speech to Text.
+    SpeechDisabled {
+        model: String,
+        speech_to_text: bool,
+    },
+    /// An OpenAI path that has no Dify counterpart at all: 404 saying why.
+    NoCounterpart {
+        path: String,
+        why: String,
+    },
     /// A route of the OpenAI API that this proxy deliberately does not offer.
     NotSupported {
         what: String,
@@ -173,7 +184,7 @@ impl From<&ApiError> for ClientError {
                 StatusCode::NOT_FOUND,
                 "invalid_request_error",
                 Some("unknown_url"),
-                format!("Unknown path {path}. This server offers GET /v1/models, POST /v1/chat/completions and POST /v1/responses."),
+                format!("Unknown path {path}. This server offers GET /v1/models, POST /v1/chat/completions, POST /v1/responses, POST /v1/audio/speech and POST /v1/audio/transcriptions."),
             ),
             ApiError::MethodNotAllowed { method, path } => ClientError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -265,6 +276,34 @@ impl From<&ApiError> for ClientError {
                 c.retry_after = Some("1".to_string());
                 c
             }
+            ApiError::SpeechDisabled { model, speech_to_text } => {
+                let (feature, endpoint) = if *speech_to_text {
+                    ("Speech to Text", "transcriptions")
+                } else {
+                    ("Text to Speech", "speech")
+                };
+                let mut c = ClientError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    Some(if *speech_to_text {
+                        "speech_to_text_disabled"
+                    } else {
+                        "text_to_speech_disabled"
+                    }),
+                    format!(
+                        "The Dify app behind model `{model}` has {feature} turned off, so /v1/audio/{endpoint} cannot use it: turn it on in the app's Features in Dify (and publish), or use another model."
+                    ),
+                );
+                c.body.error.param = Some("model".to_string());
+                c.no_retry()
+            }
+            ApiError::NoCounterpart { path, why } => ClientError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                Some("unknown_url"),
+                format!("{path} is not available: {why}"),
+            )
+            .no_retry(),
             ApiError::NotSupported { what, why } => ClientError::new(
                 StatusCode::NOT_IMPLEMENTED,
                 "invalid_request_error",

@@ -2,6 +2,8 @@
 //! and the `/chat-messages` body they become. Pure. Chat completions here; the Responses
 //! API's input in `responses`.
 
+/// `/v1/audio/*` → Dify's speech endpoints.
+pub mod audio;
 /// Files in the new message → Dify files; placeholders for files of earlier ones.
 pub mod files;
 /// The app's `inputs`: configured defaults, the request's own, the required ones.

@@ -2,6 +2,8 @@
 
 /// What an answer in progress carries besides Dify's stream; closing it.
 mod answer;
+/// `POST /v1/audio/speech` and `/v1/audio/transcriptions`: Dify's speech endpoints.
+mod audio;
 /// Proxy keys, checked in constant time; the caller's model access.
 mod auth;
 /// Blocking delivery: the whole answer, then one response.
@@ -28,7 +30,7 @@ mod stream;
 pub use extract::{parse_request, parse_responses_request};
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{DefaultBodyLimit, Request};
 use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue, Method, Uri, header};
@@ -57,6 +59,18 @@ pub fn app(state: AppState) -> Router {
             post(responses::create).fallback(method_not_allowed),
         )
         .route("/v1/responses/{*rest}", any(responses::not_supported))
+        .route(
+            "/v1/audio/speech",
+            post(audio::speech).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/audio/transcriptions",
+            post(audio::transcriptions)
+                .fallback(method_not_allowed)
+                // The multipart reader's bound (axum's default is 2 MB).
+                .layer(DefaultBodyLimit::max(state.config().max_request_bytes)),
+        )
+        .route("/v1/audio/translations", any(audio::translations))
         .fallback(not_found)
         // Auth wraps the fallback too: without a key, unknown paths answer 401, not 404.
         .layer(middleware::from_fn_with_state(

@@ -7,6 +7,7 @@ mod support;
 mod helpers;
 
 mod apps;
+mod audio;
 mod auth_and_routes;
 mod chat_blocking;
 mod chat_errors;

@@ -9,6 +9,7 @@
 //!   `{"result": "success"}` once the key and `user` are valid (after
 //!   [`FakeDify::set_stop_delay`], if one is set);
 //! - `GET /v1/parameters`: the app's input form (see `fake_dify_params.rs`);
+//! - `POST /v1/text-to-audio` and `POST /v1/audio-to-text` (see `fake_dify_audio.rs`);
 //! - any other path: 404 with a Dify error body.
 //!
 //! What `/chat-messages` answers is chosen per app key with [`FakeDify::set`].
@@ -56,6 +57,10 @@ mod files;
 #[path = "fake_dify_params.rs"]
 mod params;
 pub use files::Upload;
+/// `/text-to-audio` and `/audio-to-text`.
+#[path = "fake_dify_audio.rs"]
+mod audio;
+pub use audio::{AUDIO_LIMIT, AudioCall, SpeechApp};
 
 /// Folder holding the Dify wire fixtures.
 pub const FIXTURE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dify/");
@@ -440,6 +445,7 @@ impl FakeDify {
             data: Mutex::new(Data::default()),
             shutdown: rx.clone(),
             params: params::Params::default(),
+            audio: audio::Audio::default(),
         });
         let app = apps::routes(Router::new())
             .route(
@@ -451,6 +457,8 @@ impl FakeDify {
                 post(stop_task).fallback(method_not_allowed),
             )
             .route("/v1/parameters", get(params::parameters))
+            .route("/v1/text-to-audio", post(audio::text_to_audio))
+            .route("/v1/audio-to-text", post(audio::audio_to_text))
             .route(
                 "/v1/files/upload",
                 post(files::upload).fallback(method_not_allowed),
@@ -646,6 +654,7 @@ struct Shared {
     data: Mutex<Data>,
     shutdown: watch::Receiver<bool>,
     params: params::Params,
+    audio: audio::Audio,
 }
 
 #[derive(Default)]
@@ -726,7 +735,7 @@ impl Shared {
 
     fn knows_key(&self, key: &str) -> bool {
         let d = self.lock();
-        d.scenarios.contains_key(key) || d.apps.modes.contains_key(key)
+        d.scenarios.contains_key(key) || d.apps.modes.contains_key(key) || self.audio.knows(key)
     }
 
     fn next_scenario(&self, key: &str) -> Option<Scenario> {

@@ -144,12 +144,13 @@ pub(super) async fn parameters(State(st): State<Arc<Shared>>, headers: HeaderMap
                 "number_limits": 10
             })
         });
+    let (speech_to_text, text_to_speech) = st.audio.parameters(&key);
     let body = json!({
         "opening_statement": "",
         "suggested_questions": [],
         "suggested_questions_after_answer": {"enabled": false},
-        "speech_to_text": {"enabled": false},
-        "text_to_speech": {"enabled": false, "voice": "", "language": ""},
+        "speech_to_text": speech_to_text,
+        "text_to_speech": text_to_speech,
         "retriever_resource": {"enabled": true},
         "annotation_reply": {"enabled": false},
         "more_like_this": {"enabled": false},
