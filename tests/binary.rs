@@ -394,13 +394,14 @@ async fn conversation_continues_after_a_kill_with_the_default_store() {
         let history = json!([{"role":"user","content":"I am Ada."},{"role":"assistant","content":a1},{"role":"user","content":"Who am I?"}]);
         let (status, _) = ask_as(&second.url, history, ChatId::Header(chat), Some(user)).await;
         assert_eq!(status, 200);
-        let conversation = dify.conversation_ids(APP_KEY, user);
+        let dify_user = opendify::config::Tenant::of_key(PROXY_KEY).dify_user(user.to_string());
+        let conversation = dify.conversation_ids(APP_KEY, &dify_user);
         assert_eq!(conversation.len(), 1, "{user}: one Dify conversation");
         let turn2 = dify
             .requests()
             .into_iter()
             .rev()
-            .find(|r| r.user() == Some(user))
+            .find(|r| r.user() == Some(dify_user.as_str()))
             .unwrap();
         assert_eq!(
             turn2.conversation_id(),

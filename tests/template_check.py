@@ -70,7 +70,8 @@ REQUIRED = {
     },
 }
 # A maximal answer peaks at about this multiple of MAX_UPSTREAM_BYTES in resident memory
-# (README, MAX_UPSTREAM_BYTES: 86 MiB for the 32 MiB default, blocking delivery).
+# (an estimate for MAX_UPSTREAM_BYTES blocking delivery; tests/load.rs measures the real peak
+# against the template's MemorySize in a_maximal_answer_fits_in_the_function_memory).
 PEAK_PER_UPSTREAM_BYTE = 2.7
 
 # Parameter sets the transformed template is evaluated with (on top of the defaults).

@@ -409,7 +409,7 @@ mod tests {
         }
     }
 
-    /// The README's error table, checked row by row.
+    /// docs/errors.md's table, checked row by row.
     #[test]
     fn dify_error_table() {
         let rows: Vec<(DifyError, u16, &str)> = vec![
@@ -697,7 +697,7 @@ mod provider_tests {
         Option<&'static str>,
     );
 
-    /// The README's provider table: status, type, code, retry hints.
+    /// docs/errors.md's provider table: status, type, code, retry hints.
     #[test]
     fn provider_failure_table() {
         let rows: &[Row] = &[

@@ -2,7 +2,7 @@
 //! OpenAI-shaped body and retry hints. Pure data: the HTTP edge (`routes::error`) turns a
 //! [`ClientError`] into a response, the encoders into an in-stream error event.
 
-/// Dify's failures → client errors: the table behind the README's error section.
+/// Dify's failures → client errors: the table behind docs/errors.md.
 pub mod dify;
 /// A model provider's failure, read from the text Dify passes on.
 pub mod provider;

@@ -232,7 +232,10 @@ async fn speech_goes_to_dify_as_the_requests_end_user() {
         .unwrap();
     r.bytes().await.unwrap();
     let users: Vec<Option<String>> = app.tts_calls().into_iter().map(|c| c.user).collect();
-    assert_eq!(users, [Some("alice".into()), Some("owui-7".into())]);
+    assert_eq!(
+        users,
+        [Some(named_user("alice")), Some(named_user("owui-7"))]
+    );
 }
 
 #[tokio::test]
@@ -431,7 +434,7 @@ async fn transcription_as_json_and_as_text() {
         ]
     );
     let users: Vec<Option<String>> = calls.iter().map(|c| c.user.clone()).collect();
-    assert_eq!(users, [Some(default_user()), Some("owui-9".into())]);
+    assert_eq!(users, [Some(default_user()), Some(named_user("owui-9"))]);
 }
 
 #[tokio::test]

@@ -197,8 +197,8 @@ async fn chat_fields_of_the_wrong_type_are_a_400_naming_them() {
         assert_eq!(status, 200, "{user}: {body}");
     }
     let sent = app.dify.requests();
-    assert_eq!(sent[0].body["user"], "alice");
-    assert_eq!(sent[1].body["user"], "u-1");
+    assert_eq!(sent[0].body["user"], named_user("alice").as_str());
+    assert_eq!(sent[1].body["user"], named_user("u-1").as_str());
 }
 
 #[tokio::test]
