@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 
 use super::client::{DifyClient, read_limited};
 use super::error::DifyError;
-use super::multipart::upload_form;
 use crate::telemetry::error_chain;
 
 /// More than any transcript of a 30 MB recording.
@@ -141,16 +140,11 @@ impl DifyClient {
         mime: &str,
         bytes: &[u8],
     ) -> Result<String, DifyError> {
-        let url = self.url("audio-to-text")?;
-        let form = upload_form(user, filename, mime, bytes);
-        let send = self
-            .http
-            .post(url)
-            .bearer_auth(app_key)
-            .header(reqwest::header::CONTENT_TYPE, form.content_type)
-            .body(form.body);
         let limit = self.limits.total;
-        let response = self.send(send, limit).await?;
+        let file = (filename, mime, bytes);
+        let response = self
+            .post_file("audio-to-text", app_key, user, file, limit)
+            .await?;
         let body = tokio::time::timeout(limit, read_limited(response, MAX_TRANSCRIPT_BODY))
             .await
             .map_err(|_| DifyError::Timeout(limit))?;

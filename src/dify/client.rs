@@ -140,15 +140,10 @@ impl DifyClient {
         mime: &str,
         bytes: &[u8],
     ) -> Result<String, DifyError> {
-        let url = self.url("files/upload")?;
-        let form = upload_form(user, filename, mime, bytes);
-        let send = self
-            .http
-            .post(url)
-            .bearer_auth(app_key)
-            .header(reqwest::header::CONTENT_TYPE, form.content_type)
-            .body(form.body);
-        let response = self.send(send, self.timeout).await?;
+        let file = (filename, mime, bytes);
+        let response = self
+            .post_file("files/upload", app_key, user, file, self.timeout)
+            .await?;
         let status = response.status();
         let endpoint: Box<str> = response.url().path().into();
         let body = tokio::time::timeout(self.timeout, read_limited(response, MAX_ERROR_BODY))
@@ -164,6 +159,26 @@ impl DifyClient {
                 endpoint,
             }),
         }
+    }
+
+    /// `POST` one file as `user` in Dify's multipart form (`/files/upload`,
+    /// `/audio-to-text`), sent and checked within `limit`.
+    pub(super) async fn post_file(
+        &self,
+        path: &str,
+        app_key: &str,
+        user: &str,
+        (filename, mime, bytes): (&str, &str, &[u8]),
+        limit: Duration,
+    ) -> Result<reqwest::Response, DifyError> {
+        let form = upload_form(user, filename, mime, bytes);
+        let send = self
+            .http
+            .post(self.url(path)?)
+            .bearer_auth(app_key)
+            .header(reqwest::header::CONTENT_TYPE, form.content_type)
+            .body(form.body);
+        self.send(send, limit).await
     }
 
     /// Stops the task through its app's stop endpoint (`POST /chat-messages/{task_id}/stop`
